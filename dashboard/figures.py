@@ -1,0 +1,131 @@
+"""Pure figure builders: data in, Plotly figure out. No Streamlit, tested without a browser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+# Above this many cells a scatter draws a seeded random subsample and says so in its title.
+MAX_SCATTER_POINTS = 50_000
+
+QC_LABELS = {
+    "total_counts": "Total counts per cell",
+    "n_genes_by_counts": "Genes detected per cell",
+    "pct_counts_mt": "% mitochondrial counts",
+}
+
+
+def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
+              lower: float | None = None, upper: float | None = None) -> go.Figure:
+    """Violin (with box) of one per-cell QC metric, one violin per group, with threshold lines."""
+    label = QC_LABELS.get(metric, metric)
+    fig = go.Figure()
+    if groupby is None:
+        fig.add_trace(go.Violin(y=obs[metric], name="all cells", box_visible=True,
+                                points=False, line_color="#4C78A8", showlegend=False))
+    else:
+        groups = obs[groupby].astype("category")
+        for name in groups.cat.categories:
+            values = obs.loc[groups == name, metric]
+            fig.add_trace(go.Violin(y=values, name=str(name), box_visible=True, points=False,
+                                    showlegend=False))
+    for value, text in ((lower, "min"), (upper, "max")):
+        if value is not None:
+            fig.add_hline(y=value, line_dash="dash", line_color="#E45756",
+                          annotation_text=f"{text} {value:g}", annotation_position="top left")
+    fig.update_layout(title=label, yaxis_title=label, xaxis_title=groupby or "",
+                      margin=dict(l=10, r=10, t=40, b=10), height=320)
+    return fig
+
+
+def totals_vs_genes(obs: pd.DataFrame, *, kept: np.ndarray | None = None, seed: int = 0) -> go.Figure:
+    """Total counts against genes detected per cell, coloured by % mitochondrial counts.
+
+    ``kept`` (boolean per cell) draws cells removed by the current thresholds in grey.
+    """
+    n = len(obs)
+    idx = np.arange(n)
+    title = "Total counts vs genes detected, coloured by % mitochondrial"
+    if n > MAX_SCATTER_POINTS:
+        idx = np.sort(np.random.default_rng(seed).choice(n, MAX_SCATTER_POINTS, replace=False))
+        title += f" (random {MAX_SCATTER_POINTS:,} of {n:,} cells shown)"
+    sub = obs.iloc[idx]
+    keep = np.ones(len(idx), bool) if kept is None else np.asarray(kept)[idx]
+    fig = go.Figure()
+    fig.add_trace(go.Scattergl(
+        x=sub["total_counts"][keep], y=sub["n_genes_by_counts"][keep], mode="markers",
+        name="kept", text=sub.index[keep],
+        marker=dict(size=4, color=sub["pct_counts_mt"][keep], colorscale="Viridis",
+                    colorbar=dict(title="% mito"), showscale=True),
+        hovertemplate="%{text}<br>total %{x:,.0f}<br>genes %{y:,.0f}<extra></extra>",
+    ))
+    if not keep.all():
+        fig.add_trace(go.Scattergl(
+            x=sub["total_counts"][~keep], y=sub["n_genes_by_counts"][~keep], mode="markers",
+            name="removed by thresholds", text=sub.index[~keep],
+            marker=dict(size=4, color="#BBBBBB"),
+            hovertemplate="%{text} (removed)<br>total %{x:,.0f}<br>genes %{y:,.0f}<extra></extra>",
+        ))
+    fig.update_layout(title=title, xaxis_title="Total counts", yaxis_title="Genes detected",
+                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10),
+                      height=420)
+    return fig
+
+
+def gene_detection_histogram(pct_cells: pd.Series) -> go.Figure:
+    """Histogram of the per-gene detection rate (% of cells in which a gene has a count)."""
+    fig = go.Figure(go.Histogram(x=pct_cells, nbinsx=50, marker_color="#72B7B2"))
+    fig.update_layout(title="Detection rate per gene", xaxis_title="% of cells expressing the gene",
+                      yaxis_title="genes", margin=dict(l=10, r=10, t=40, b=10), height=320)
+    return fig
+
+
+def elbo_curve(history: pd.DataFrame, *, title: str = "Training curve") -> go.Figure:
+    """Train and validation ELBO per epoch (higher is better). ``history``: one row per epoch with
+    columns epoch, train_elbo and validation_elbo (NaN when there is no validation set)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=history["epoch"], y=history["train_elbo"], mode="lines",
+                             name="train", line=dict(color="#4C78A8")))
+    if "validation_elbo" in history and history["validation_elbo"].notna().any():
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history["validation_elbo"], mode="lines",
+                                 name="validation", line=dict(color="#F58518")))
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="ELBO per cell (higher is better)",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
+                      height=340)
+    return fig
+
+
+def latent_activity(activity: dict[str, np.ndarray]) -> go.Figure:
+    """Variance of the posterior mean per latent dimension, one bar group per run.
+
+    Dimensions with activity near 0 are unused ("collapsed"): a smaller latent would do."""
+    fig = go.Figure()
+    for label, values in activity.items():
+        fig.add_trace(go.Bar(x=[f"z{i + 1}" for i in range(len(values))], y=values, name=label))
+    fig.update_layout(title="Latent activity per dimension", yaxis_title="variance of posterior mean",
+                      yaxis_type="log", barmode="group", legend=dict(orientation="h", y=-0.25),
+                      margin=dict(l=10, r=10, t=40, b=10), height=340)
+    return fig
+
+
+def ppc_scatter(observed: np.ndarray, sampled: dict[str, np.ndarray], *, title: str, axis: str,
+                log: bool = False, gene_names: np.ndarray | None = None) -> go.Figure:
+    """Per-gene statistic observed (x) against the same statistic on data sampled from each model
+    (y). Points on the diagonal mean the model reproduces the data."""
+    fig = go.Figure()
+    finite = np.asarray(observed, float)
+    lo, hi = float(np.nanmin(finite)), float(np.nanmax(finite))
+    for label, values in sampled.items():
+        fig.add_trace(go.Scattergl(
+            x=observed, y=values, mode="markers", name=label, marker=dict(size=4, opacity=0.6),
+            text=gene_names, hovertemplate="%{text}<br>observed %{x:.3g}<br>model %{y:.3g}<extra>"
+            + label + "</extra>"))
+        lo, hi = min(lo, float(np.nanmin(values))), max(hi, float(np.nanmax(values)))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="observed = model",
+                             line=dict(color="#888", dash="dash")))
+    kind = "log" if log else "linear"
+    fig.update_layout(title=title, xaxis_title=f"observed {axis}", yaxis_title=f"model {axis}",
+                      xaxis_type=kind, yaxis_type=kind, legend=dict(orientation="h", y=-0.25),
+                      margin=dict(l=10, r=10, t=40, b=10), height=380)
+    return fig

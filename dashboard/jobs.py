@@ -1,0 +1,123 @@
+"""Background training jobs, shared by every session of this server process.
+
+A job is keyed by its run id (a hash of the data and every parameter), so two sessions that press
+Train on the same data and settings share one job, and a session that comes back after a browser
+refresh finds its job again by the run id. Training happens in a worker thread, never in the
+Streamlit script, so pages stay responsive; the job board itself is held by ``st.cache_resource``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+
+from engine.cache import data_hash, run_id
+from engine.fit import fit
+from engine.params import RunParams
+from engine.training import EpochReport, TrainingCancelled
+
+JobStatus = Literal["running", "finished", "failed", "cancelled"]
+
+
+@dataclass
+class TrainingJob:
+    """One training run in progress (or just ended). Read by pages, written by its worker thread."""
+
+    run_id: str
+    data_hash: str
+    dataset_name: str
+    params: RunParams
+    batch_key: str | None
+    n_cells: int
+    started: float = field(default_factory=time.time)
+    status: JobStatus = "running"
+    error: str | None = None
+    finished: float | None = None
+    history: list[EpochReport] = field(default_factory=list)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def n_epochs(self) -> int:
+        return self.history[-1].n_epochs if self.history else self.params.resolved_max_epochs(self.n_cells)
+
+    @property
+    def epochs_done(self) -> int:
+        return self.history[-1].epoch if self.history else 0
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the pace so far (an upper bound: early stopping may end sooner)."""
+        if not self.history:
+            return None
+        per_epoch = self.elapsed / self.epochs_done
+        return per_epoch * (self.n_epochs - self.epochs_done)
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; it checks between minibatches and saves nothing."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended; True if it did within ``timeout``."""
+        return self._done.wait(timeout)
+
+
+class JobBoard:
+    """Every training job of this server process, by run id. Thread-safe."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, TrainingJob] = {}
+
+    def start(self, adata: ad.AnnData, *, params: RunParams, batch_key: str | None,
+              dataset_name: str = "") -> TrainingJob:
+        """Start training ``adata`` in the background, or return the job already running it."""
+        rid = run_id(adata, params=params, batch_key=batch_key)
+        with self._lock:
+            job = self._jobs.get(rid)
+            if job is not None and job.status == "running":
+                return job
+            job = TrainingJob(run_id=rid, data_hash=data_hash(adata), dataset_name=dataset_name,
+                              params=params, batch_key=batch_key, n_cells=adata.n_obs)
+            self._jobs[rid] = job
+        # fit writes obsm/uns into the AnnData it gets: give it its own copy.
+        worker = threading.Thread(target=self._train, args=(job, adata.copy()),
+                                  name=f"train-{rid[:12]}", daemon=True)
+        worker.start()
+        return job
+
+    def get(self, rid: str) -> TrainingJob | None:
+        with self._lock:
+            return self._jobs.get(rid)
+
+    def jobs(self, *, data_hash: str | None = None) -> list[TrainingJob]:
+        """Jobs known to this server, newest first, optionally only those on one dataset."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        if data_hash is not None:
+            jobs = [j for j in jobs if j.data_hash == data_hash]
+        return sorted(jobs, key=lambda j: j.started, reverse=True)
+
+    def _train(self, job: TrainingJob, adata: ad.AnnData) -> None:
+        try:
+            fit(adata, params=job.params, batch_key=job.batch_key, cache_dir=self.cache_dir,
+                on_epoch=job.history.append, should_stop=job._cancel.is_set)
+            job.status = "finished"
+        except TrainingCancelled:
+            job.status = "cancelled"
+        except Exception as err:  # noqa: BLE001 - any failure is shown on the page, never raised
+            job.error = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            job.status = "failed"
+        finally:
+            job.finished = time.time()
+            job._done.set()

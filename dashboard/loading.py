@@ -1,0 +1,197 @@
+"""Loading datasets into a session: cached reads of the sample, uploads and server-side files.
+
+A failed load raises ``ValueError`` with the engine's message and leaves the session untouched, so a
+bad upload never replaces the dataset already loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import anndata as ad
+import streamlit as st
+
+from engine import io as eio
+from engine import qc as eqc
+
+from .state import AppState, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_PATH = REPO / "sample_data" / "kang_pbmc_ctrl.h5ad"
+SAMPLE_NAME = "Sample: Kang et al. 2018 PBMC, control (12,261 cells)"
+# Loading files from the server's disk is off unless an administrator names a folder.
+DATA_DIR_ENV = "ATLAS_DATA_DIR"
+
+# Multi-part suffixes first so "x.tar.gz" keeps ".tar.gz"; the engine decides what is supported.
+_COMPOUND_SUFFIXES = (".tar.gz", ".csv.gz", ".tsv.gz", ".txt.gz", ".mtx.gz")
+
+
+def upload_suffix(file_name: str) -> str:
+    """The suffix of an uploaded file's name, checked against the supported formats.
+
+    Only the suffix of a user's file name is ever used (to name a temporary file), never the name.
+    """
+    lower = file_name.lower()
+    suffix = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s)), Path(lower).suffix)
+    eio.format_of("upload" + suffix)  # raises ValueError naming the supported formats
+    return suffix
+
+
+def _prepare(adata: ad.AnnData) -> ad.AnnData:
+    eqc.calculate_qc_metrics(adata)
+    return adata
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _read_bytes(digest: str, suffix: str, transpose: bool | None, _data: bytes) -> ad.AnnData:
+    # `digest` identifies `_data` (not hashed by Streamlit: hashing gigabytes twice is slow).
+    with tempfile.TemporaryDirectory(prefix="atlas-upload-") as tmp:
+        path = Path(tmp) / ("upload" + suffix)
+        path.write_bytes(_data)
+        return _prepare(eio.read_counts(path, transpose=transpose))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _read_path(path: str, mtime: float, transpose: bool | None) -> ad.AnnData:
+    return _prepare(eio.read_counts(path, transpose=transpose))
+
+
+def read_upload(file_name: str, data: bytes, *, transpose: bool | None = None) -> Dataset:
+    """Read an uploaded file's bytes; raises ValueError with a message for the page."""
+    suffix = upload_suffix(file_name)
+    if not data:
+        raise ValueError(f"'{file_name}' is empty (0 bytes): upload the file again or pick another.")
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    adata = _read_bytes(digest, suffix, transpose, data)
+    return Dataset(name=file_name, key=f"upload:{digest}:{transpose}", adata=adata, source="upload")
+
+
+def read_sample() -> Dataset:
+    """The bundled sample (Kang et al. 2018, see sample_data/README.md)."""
+    return read_server_file(SAMPLE_PATH, name=SAMPLE_NAME)
+
+
+def read_server_file(path: Path, *, name: str | None = None, transpose: bool | None = None) -> Dataset:
+    path = Path(path)
+    adata = _read_path(str(path), path.stat().st_mtime, transpose)
+    return Dataset(name=name or path.name, key=f"path:{path}:{transpose}", adata=adata,
+                   source="path", path=str(path))
+
+
+def server_data_dir() -> Path | None:
+    """The folder users may load from on the server, or None when that is switched off."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    return Path(value).resolve() if value else None
+
+
+def server_files() -> list[Path]:
+    """Readable data files in the configured server folder (one level, plus 10x folders)."""
+    root = server_data_dir()
+    if root is None or not root.is_dir():
+        return []
+    files = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        try:
+            eio.format_of(str(p))
+        except ValueError:
+            continue
+        files.append(p)
+    return files
+
+
+def resolve_server_file(name: str) -> Path:
+    """A file inside the configured folder; refuses anything outside it (``..``, absolute paths)."""
+    root = server_data_dir()
+    if root is None:
+        raise ValueError(
+            f"Loading files from the server is switched off. An administrator can set "
+            f"{DATA_DIR_ENV} to a folder to allow it."
+        )
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"'{name}' is outside the server data folder {root}: pick a file listed there.")
+    if not path.exists():
+        raise ValueError(f"'{name}' does not exist in {root}.")
+    return path
+
+
+def use_dataset(state: AppState, dataset: Dataset) -> None:
+    """Make ``dataset`` the session's dataset and rebuild the filtered data with current settings.
+
+    Thresholds go back to keeping everything (they belonged to the previous data); runs and groups of
+    the previous dataset no longer apply.
+    """
+    state.thresholds = eqc.QCThresholds()
+    state.hvg_batch_key = None
+    state.filtered = filtered_dataset(dataset, state.thresholds, state.n_top_genes, None)
+    state.filtered_key = filtered_key(dataset, state.thresholds, state.n_top_genes, None)
+    state.dataset = dataset
+    state.active_run_id = None
+    state.cell_groups = {}
+    state.load_error = None
+
+
+def try_load(state: AppState, read: Callable[..., Dataset], *args, **kwargs) -> bool:
+    """Load with ``read(*args, **kwargs)`` and make it the session's dataset, showing progress.
+
+    On bad input the engine's message is kept in ``state.load_error`` for the page to show, and the
+    dataset already loaded stays in use.
+    """
+    try:
+        with st.status("Loading...", expanded=False) as status:
+            status.update(label="Reading the file and checking the counts...")
+            dataset = read(*args, **kwargs)
+            status.update(label="Computing QC metrics and highly variable genes...")
+            use_dataset(state, dataset)
+            status.update(label=f"Loaded {dataset.name}", state="complete")
+        return True
+    except ValueError as err:
+        state.load_error = str(err)
+        return False
+
+
+def use_display_names(state: AppState, column: str | None) -> None:
+    """Show gene names from another ``var`` column (or the ids when None)."""
+    assert state.dataset is not None
+    adata = state.dataset.adata.copy()
+    eio.set_display_names(adata, column=column)
+    dataset = Dataset(name=state.dataset.name, key=f"{state.dataset.key}:names={column}",
+                      adata=adata, source=state.dataset.source, path=state.dataset.path)
+    state.filtered = filtered_dataset(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)
+    state.filtered_key = filtered_key(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)
+    state.dataset = dataset
+
+
+def apply_settings(state: AppState, thresholds: eqc.QCThresholds, n_top_genes: int,
+                   hvg_batch_key: str | None) -> None:
+    """Apply QC thresholds and the HVG choice; raises ValueError (state unchanged) if nothing remains."""
+    assert state.dataset is not None
+    filtered = filtered_dataset(state.dataset, thresholds, n_top_genes, hvg_batch_key)
+    state.thresholds, state.n_top_genes, state.hvg_batch_key = thresholds, n_top_genes, hvg_batch_key
+    state.filtered = filtered
+    state.filtered_key = filtered_key(state.dataset, thresholds, n_top_genes, hvg_batch_key)
+    state.active_run_id = None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _filtered(key: str, thresholds: eqc.QCThresholds, n_top_genes: int, hvg_batch_key: str | None,
+              _adata: ad.AnnData) -> ad.AnnData:
+    filtered = eqc.apply_filters(_adata, thresholds)
+    eqc.highly_variable_genes(filtered, n_top_genes=n_top_genes, batch_key=hvg_batch_key)
+    return filtered
+
+
+def filtered_key(dataset: Dataset, thresholds: eqc.QCThresholds, n_top_genes: int,
+                 hvg_batch_key: str | None) -> str:
+    return f"{dataset.key}|{thresholds}|{n_top_genes}|{hvg_batch_key}"
+
+
+def filtered_dataset(dataset: Dataset, thresholds: eqc.QCThresholds, n_top_genes: int,
+                     hvg_batch_key: str | None) -> ad.AnnData:
+    return _filtered(dataset.key, thresholds, n_top_genes, hvg_batch_key, dataset.adata)

@@ -1,0 +1,182 @@
+"""Train page glue: which data to train on, checks of the user's choices, the job board, runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import streamlit as st
+
+from engine import cache as ecache
+from engine import diagnostics as ediag
+from engine import qc as eqc
+from engine.params import RunParams
+
+from .jobs import JobBoard, TrainingJob
+from .state import AppState
+from .train_form import TrainForm
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_ENV = "ATLAS_CACHE_DIR"
+# More batch categories than this is allowed but probably a mistake (a cell id column, say).
+MANY_BATCHES = 100
+FEW_CELLS = 50
+
+
+def cache_dir() -> Path:
+    """Where runs are cached: $ATLAS_CACHE_DIR, or .atlas/runs in the project folder."""
+    return Path(os.environ.get(CACHE_ENV) or REPO / ".atlas" / "runs")
+
+
+@st.cache_resource
+def job_board() -> JobBoard:
+    """The server's one job board (shared by sessions: jobs are keyed by content hashes)."""
+    return JobBoard(cache_dir())
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def load_run(run_id: str):
+    """A cached run, loaded once per server; never mutated. None if not in the cache."""
+    return ecache.load_run(cache_dir(), run_id)
+
+
+@dataclass
+class TrainingCheck:
+    """What the page must say before training: errors block, warnings inform."""
+
+    batch_key: str | None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def batch_columns(adata: ad.AnnData) -> list[str]:
+    """obs columns offered as a batch key: categorical or text columns with at most 1,000 values."""
+    out = []
+    for name, col in adata.obs.items():
+        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
+            if col.nunique(dropna=True) <= 1000:
+                out.append(str(name))
+    return out
+
+
+def check_training(adata: ad.AnnData, *, params: RunParams, batch_key: str | None) -> TrainingCheck:
+    """Check the user's choices against the data before a job starts."""
+    check = TrainingCheck(batch_key=batch_key)
+    if batch_key is not None:
+        labels = adata.obs[batch_key]
+        missing = int(labels.isna().sum())
+        n_batches = labels.nunique(dropna=True)
+        if missing:
+            check.errors.append(
+                f"The batch column '{batch_key}' has {missing:,} cells with no value. Fill them in "
+                f"(for example with 'unknown') or choose another batch key.")
+        elif n_batches < 2:
+            check.batch_key = None
+            check.warnings.append(
+                f"The batch column '{batch_key}' has a single value, so there is no batch effect to "
+                f"correct: training without a batch key.")
+        elif n_batches > MANY_BATCHES:
+            check.warnings.append(
+                f"The batch column '{batch_key}' has {n_batches:,} values. Is it really a batch "
+                f"(sample, donor, technology)? Training goes ahead.")
+    if params.n_latent > adata.n_vars:
+        check.errors.append(
+            f"The latent size ({params.n_latent}) is larger than the number of genes "
+            f"({adata.n_vars:,}). Choose a latent size of at most {adata.n_vars}.")
+    if adata.n_obs < 2:
+        check.errors.append("Training needs at least 2 cells; the filtered data has "
+                            f"{adata.n_obs}. Relax the filters on the Data page.")
+    elif adata.n_obs < FEW_CELLS:
+        check.warnings.append(
+            f"Only {adata.n_obs} cells: the model will be unreliable. scVI is meant for hundreds "
+            f"to millions of cells.")
+    return check
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _training_data(key: str, n_top_genes: int, _filtered: ad.AnnData) -> ad.AnnData:
+    if n_top_genes <= 0 or n_top_genes >= _filtered.n_vars:
+        return _filtered.copy()
+    adata = _filtered.copy()
+    eqc.highly_variable_genes(adata, n_top_genes=n_top_genes,
+                              batch_key=adata.uns.get("hvg", {}).get("batch_key"))
+    return adata[:, adata.var["highly_variable"].to_numpy()].copy()
+
+
+def training_data(filtered: ad.AnnData, key: str, *, n_top_genes: int) -> ad.AnnData:
+    """The filtered data restricted to its ``n_top_genes`` most variable genes (0: all genes)."""
+    return _training_data(key, n_top_genes, filtered)
+
+
+def runs_for(filtered: ad.AnnData) -> list[ecache.RunInfo]:
+    """Cached runs trained on exactly these cells (any gene subset), newest first."""
+    cells = ecache.cells_hash(filtered)
+    runs = [r for r in ecache.list_runs(cache_dir()) if r.cells_hash == cells]
+    return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def submit(state: AppState, form: TrainForm, board: JobBoard) -> None:
+    """Handle a press of Train: load the run from the cache, or start (or join) a training job."""
+    state.training_message = None
+    try:
+        params = form.params()
+    except ValueError as err:
+        state.training_message = ("error", str(err))
+        return
+    data = training_data(state.filtered, state.filtered_key, n_top_genes=form.n_top_genes)
+    check = check_training(data, params=params, batch_key=form.batch_key)
+    if check.errors:
+        state.training_message = ("error", " ".join(check.errors))
+        return
+    notes = " ".join(check.warnings)
+    rid = ecache.run_id(data, params=params, batch_key=check.batch_key)
+    t0 = time.perf_counter()
+    if ecache.has_run(cache_dir(), rid):
+        load_run(rid)
+        state.active_run_id = rid
+        state.training_message = (
+            "success", f"Loaded from cache in {time.perf_counter() - t0:.2f} s (run {rid[:10]}). "
+            f"It is now the active run. {notes}".strip())
+        return
+    board.start(data, params=params, batch_key=check.batch_key, dataset_name=state.dataset.name)
+    state.watched_job = rid
+    st.query_params["run"] = rid
+    if notes:
+        state.training_message = ("warning", notes)
+
+
+def finish_job(state: AppState, job: TrainingJob) -> None:
+    """A followed job has ended: make its run active, or say why not."""
+    state.watched_job = None
+    st.query_params.pop("run", None)
+    if job.status == "finished":
+        state.active_run_id = job.run_id
+        state.training_message = (
+            "success", f"Trained {job.epochs_done} epochs in {job.elapsed:.0f} s (run "
+            f"{job.run_id[:10]}). It is now the active run: see Explore.")
+    elif job.status == "cancelled":
+        state.training_message = ("warning", "Training was cancelled. Nothing was saved.")
+    else:
+        state.training_message = ("error", f"Training failed: {job.error}")
+
+
+def delete_run(state: AppState, rid: str) -> None:
+    ecache.delete_run(cache_dir(), rid)
+    load_run.clear()
+    if state.active_run_id == rid:
+        state.active_run_id = None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _diagnostics(rid: str, key: str, _filtered: ad.AnnData):
+    run = load_run(rid)
+    return ediag.diagnose(run, _filtered[:, run.var_names].copy())
+
+
+def diagnostics(rid: str, filtered: ad.AnnData, key: str):
+    """Held-out ELBO, latent activity and predictive checks of one run on the filtered data."""
+    return _diagnostics(rid, key, filtered)

@@ -1,0 +1,156 @@
+"""Train page: launch a cached scVI training run, watch it, cancel it, compare runs."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import training
+from dashboard.figures import elbo_curve, latent_activity, ppc_scatter
+from dashboard.state import get_state
+from dashboard.train_form import LIKELIHOOD_HELP, TrainForm, history_frame, run_label, runs_table
+
+state = get_state()
+st.title("Train")
+st.caption("Train the scVI model on the filtered data from the Data page. Runs are cached: "
+           "the same data and settings load at once instead of training again.")
+
+if state.filtered is None or state.dataset is None:
+    st.info("Load a dataset on the Data page first.")
+    st.stop()
+filtered = state.filtered
+board = training.job_board()
+
+# ---- Settings ---------------------------------------------------------------------------------
+with st.form("train_form", border=True):
+    st.subheader("Settings")
+    c1, c2, c3 = st.columns(3)
+    likelihood = c1.selectbox("Likelihood", list(LIKELIHOOD_HELP), format_func=str.upper,
+                              help="\n\n".join(f"**{k.upper()}**: {v}" for k, v in LIKELIHOOD_HELP.items()))
+    c1.caption(LIKELIHOOD_HELP[likelihood])
+    n_latent = c2.slider("Latent size", 2, 64, 10, help="Dimensions of the learned cell representation.")
+    batch_options = ["(none)"] + training.batch_columns(filtered)
+    batch = c3.selectbox("Batch key", batch_options,
+                         help="Cells from different batches (samples, donors, technologies) are "
+                              "aligned in the latent space.")
+    with st.expander("Advanced"):
+        a1, a2, a3, a4 = st.columns(4)
+        n_hidden = a1.selectbox("Hidden units", [32, 64, 128, 256, 512], index=2)
+        n_layers = a1.number_input("Hidden layers", 1, 5, 1)
+        dropout = a1.slider("Dropout", 0.0, 0.5, 0.1, 0.05)
+        dispersion = a2.selectbox("Dispersion", ["gene", "gene-batch", "gene-cell"],
+                                  help="Inverse dispersion per gene, per gene and batch, or per gene and cell.")
+        library = a2.selectbox("Library size", ["observed", "learned"],
+                               help="Observed: each cell's total counts. Learned: a latent variable "
+                                    "with a per-batch log-normal prior.")
+        prior = a2.selectbox("Prior on z", ["normal", "mixture"],
+                             help="Mixture: a Gaussian mixture with K components (GMVAE).")
+        n_components = a2.number_input("Mixture components K", 2, 50, 10, disabled=False)
+        epochs_auto = a3.checkbox("Epochs: automatic", True,
+                                  help="scvi-tools' rule: min(round(20000 / cells x 400), 400).")
+        max_epochs = a3.number_input("Epochs (if not automatic)", 1, 1000, 50)
+        early_stopping = a3.checkbox("Early stopping", True,
+                                     help="Stop when the validation ELBO has not improved for 45 epochs.")
+        lr = a4.number_input("Learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
+        seed = a4.number_input("Seed", 0, 2**31 - 1, 0)
+        default_hvg = 0 if filtered.n_vars <= 4000 else 2000
+        n_top_genes = a4.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
+                                      default_hvg, step=100)
+    submitted = st.form_submit_button("Train", type="primary")
+
+if submitted:
+    form = TrainForm(likelihood=likelihood, n_latent=n_latent, batch_key=None if batch == "(none)" else batch,
+                     n_hidden=n_hidden, n_layers=n_layers, dropout=dropout, dispersion=dispersion,
+                     library=library, prior=prior, n_components=n_components,
+                     max_epochs=None if epochs_auto else max_epochs, early_stopping=early_stopping,
+                     lr=lr, seed=seed, n_top_genes=n_top_genes)
+    training.submit(state, form, board)
+
+# ---- Progress of the job this session follows ---------------------------------------------------
+if state.load_error is None and state.training_message:
+    kind, text = state.training_message
+    getattr(st, kind)(text)
+
+
+@st.fragment(run_every=1.0)
+def progress_panel() -> None:
+    job = board.get(state.watched_job) if state.watched_job else None
+    if job is None:
+        return
+    with st.container(border=True):
+        st.subheader(f"Training run {job.run_id[:10]}")
+        done = job.epochs_done
+        eta = job.eta_seconds
+        st.progress(done / max(job.n_epochs, 1),
+                    text=f"Epoch {done} of {job.n_epochs} · elapsed {job.elapsed:.0f} s"
+                         + (f" · about {eta:.0f} s left" if eta is not None and job.status == "running" else ""))
+        if job.history:
+            st.plotly_chart(elbo_curve(history_frame(job.history)), width="stretch")
+        if job.status == "running":
+            if st.button("Cancel training", icon=":material/stop:"):
+                job.cancel()
+                job.wait(timeout=5)
+        else:
+            training.finish_job(state, job)
+            st.rerun(scope="app")
+
+
+progress_panel()
+
+# ---- Run history --------------------------------------------------------------------------------
+runs = training.runs_for(filtered)
+with st.container(border=True):
+    st.subheader("Runs on this data")
+    if not runs:
+        st.caption("No runs yet: choose settings above and press Train.")
+    else:
+        table = runs_table(runs, active=state.active_run_id)
+        picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun",
+                              selection_mode="single-row", key="runs_table")
+        rows = picked.selection.rows if picked else []
+        chosen = runs[rows[0]] if rows else None
+        b1, b2, _ = st.columns([1, 1, 4])
+        if b1.button("Make active", disabled=chosen is None,
+                     help="Explore and Differential expression use the active run."):
+            state.active_run_id = chosen.run_id
+            st.rerun()
+        if b2.button("Delete", disabled=chosen is None):
+            training.delete_run(state, chosen.run_id)
+            st.rerun()
+        if state.active_run_id:
+            st.caption(f"Active run: {state.active_run_id[:10]}")
+
+# ---- Diagnostics ------------------------------------------------------------------------------
+if len(runs) >= 1:
+    with st.container(border=True):
+        st.subheader("Compare runs")
+        st.caption("Held-out fit, use of the latent space, and posterior predictive checks: data "
+                   "sampled from each model against the observed counts, gene by gene.")
+        labels = {r.run_id: run_label(r) for r in runs}
+        default = [r.run_id for r in runs[:2]]
+        selected = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
+        if selected and st.button("Compute diagnostics"):
+            with st.spinner("Sampling from each model..."):
+                state.diagnostics = {rid: training.diagnostics(rid, filtered, state.filtered_key)
+                                     for rid in selected}
+        diag = {rid: d for rid, d in (state.diagnostics or {}).items() if rid in labels}
+        if diag:
+            st.dataframe(pd.DataFrame([
+                {"run": labels[rid], "held-out ELBO": d.elbo, "reconstruction": d.reconstruction,
+                 "KL": d.kl, "active dims (var > 0.01)": int((d.activity > 0.01).sum())}
+                for rid, d in diag.items()]), hide_index=True, width="stretch")
+            st.plotly_chart(latent_activity({labels[r]: d.activity for r, d in diag.items()}),
+                            width="stretch")
+            counted = {rid: d for rid, d in diag.items() if d.check is not None}
+            if counted:
+                first = next(iter(counted.values())).check
+                p1, p2 = st.columns(2)
+                p1.plotly_chart(ppc_scatter(
+                    first.observed_zero_fraction,
+                    {labels[r]: d.check.sampled_zero_fraction for r, d in counted.items()},
+                    title="Fraction of zeros per gene", axis="fraction of zeros",
+                    gene_names=first.genes), width="stretch")
+                p2.plotly_chart(ppc_scatter(
+                    first.observed_variance / first.observed_mean.clip(1e-8),
+                    {labels[r]: d.check.sampled_variance / d.check.sampled_mean.clip(1e-8)
+                     for r, d in counted.items()},
+                    title="Variance / mean per gene", axis="variance / mean", log=True,
+                    gene_names=first.genes), width="stretch")

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run every test, the real-browser tests included. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+# shellcheck disable=SC1091
+. .venv/bin/activate
+# shellcheck disable=SC1091
+. scripts/env.sh
+exec python -m pytest -q "$@"
