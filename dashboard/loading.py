@@ -134,6 +134,7 @@ def use_dataset(state: AppState, dataset: Dataset) -> None:
     state.dataset = dataset
     state.active_run_id = None
     state.cell_groups = {}
+    state.cluster_names = {}
     state.load_error = None
 
 

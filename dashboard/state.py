@@ -51,6 +51,9 @@ class AppState:
     diagnostics: dict | None = None
     # Cell groups drawn on the Explore page: name -> obs_names of its cells.
     cell_groups: dict[str, np.ndarray] = field(default_factory=dict)
+    # Leiden resolution chosen on the Explore page, and the user's names for clusters ("3" -> "B cells").
+    leiden_resolution: float = 1.0
+    cluster_names: dict[str, str] = field(default_factory=dict)
 
 
 def get_state() -> AppState:

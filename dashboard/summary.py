@@ -26,9 +26,8 @@ def dataset_summary(dataset: Dataset) -> eio.DatasetSummary:
 def obs_columns_table(summary: eio.DatasetSummary) -> pd.DataFrame:
     """One row per obs column: its name, type and number of categories."""
     rows = [
-        {"column": col.name, "type": col.dtype,
-         "categories": "" if col.n_categories is None else f"{col.n_categories:,}"}
-        for col in summary.obs_columns
+        {"column": name, "type": dtype, "categories": "" if n is None else f"{n:,}"}
+        for name, n, dtype in summary.obs_columns
     ]
     return pd.DataFrame(rows, columns=["column", "type", "categories"])
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import anndata as ad
 import numpy as np
 import pytest
@@ -33,10 +31,10 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def h5ad_bytes(adata: ad.AnnData) -> bytes:
-    buf = io.BytesIO()
-    adata.write_h5ad(buf)
-    return buf.getvalue()
+def h5ad_bytes(adata: ad.AnnData, tmp_path) -> bytes:
+    path = tmp_path / "upload.h5ad"
+    adata.write_h5ad(path)
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +98,13 @@ def test_bad_upload_keeps_the_loaded_dataset(name, payload, expected):
     assert metric(at, "Cells") == "12,261"
 
 
-def test_normalised_upload_is_refused_with_a_reason(kang_small_path):
+def test_normalised_upload_is_refused_with_a_reason(kang_small_path, tmp_path):
     at = start()
     adata = read_counts(kang_small_path)
     adata.X = adata.X.copy()
     adata.X.data = np.log1p(adata.X.data / 7.0)
     del adata.layers["counts"]
-    at.file_uploader[0].set_value(("normalised.h5ad", h5ad_bytes(adata), "application/octet-stream")).run()
+    at.file_uploader[0].set_value(("normalised.h5ad", h5ad_bytes(adata, tmp_path), "application/octet-stream")).run()
     assert not at.exception
     errors = " ".join(e.value for e in at.error)
     assert "not raw counts" in errors or "normalised" in errors or "log" in errors

@@ -1,0 +1,191 @@
+"""Pure figure builders of the Differential expression page: tables and arrays in, Plotly out.
+
+No Streamlit here; tested without a browser. Every gene point carries its ``var_name`` as the first
+``customdata`` entry, which is what a click on the volcano hands back (:func:`clicked_gene`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.figures import MAX_SCATTER_POINTS
+
+VolcanoY = Literal["proba_de", "bayes_factor"]
+
+DE_COLOR = "#D62728"
+NOT_DE_COLOR = "#B0B0B0"
+GROUP_COLORS = ("#4C78A8", "#F58518")
+# Above this many genes the volcano is drawn with WebGL (SVG gets slow), below with SVG.
+WEBGL_GENES = 5000
+
+Y_TITLES = {
+    "proba_de": "P(DE): posterior probability of differential expression",
+    "bayes_factor": "|log Bayes factor|",
+}
+
+_MARGIN = dict(l=10, r=10, t=50, b=10)
+
+
+def _check_y(y: str) -> VolcanoY:
+    allowed = get_args(VolcanoY)
+    if y not in allowed:
+        raise ValueError(f"y must be one of {', '.join(map(repr, allowed))}, got {y!r}")
+    return y  # type: ignore[return-value]
+
+
+def volcano_y(table: pd.DataFrame, y: VolcanoY) -> np.ndarray:
+    """The volcano's y values: ``proba_de``, or the magnitude of the (signed) log Bayes factor."""
+    values = table[_check_y(y)].to_numpy(dtype=float)
+    return np.abs(values) if y == "bayes_factor" else values
+
+
+def volcano(
+    table: pd.DataFrame,
+    *,
+    y: VolcanoY = "proba_de",
+    delta: float | None = None,
+    group_names: tuple[str, str] = ("group 1", "group 2"),
+    selected: str | None = None,
+) -> go.Figure:
+    """Volcano plot of a DE table (:meth:`engine.de.DEResult.table`): LFC mean against ``y``.
+
+    Genes with ``is_de_fdr`` are red, others grey. Dashed lines mark ``+-delta`` (pass None in
+    vanilla mode, which has no delta) and the smallest ``y`` of the genes called DE, i.e. where the
+    FDR threshold falls. ``selected`` (a var_name) is ringed and labelled.
+    """
+    values = volcano_y(table, y)
+    is_de = table["is_de_fdr"].to_numpy(dtype=bool)
+    customdata = np.column_stack([
+        table.index.astype(str), table["gene"].astype(str), table["lfc_mean"], table["proba_de"],
+        table["bayes_factor"], table["mean_norm_1"], table["mean_norm_2"],
+    ])
+    g1, g2 = group_names
+    hover = ("<b>%{customdata[1]}</b> (%{customdata[0]})<br>"
+             "LFC mean %{customdata[2]:.2f}<br>P(DE) %{customdata[3]:.3f}<br>"
+             "log Bayes factor %{customdata[4]:.2f}<br>"
+             f"expression {g1}: " + "%{customdata[5]:.3g}<br>"
+             f"expression {g2}: " + "%{customdata[6]:.3g} per 10k<extra></extra>")
+    scatter = go.Scattergl if len(table) > WEBGL_GENES else go.Scatter
+    fig = go.Figure()
+    for name, mask, color in ((f"DE at FDR ({int(is_de.sum()):,})", is_de, DE_COLOR),
+                              (f"not DE ({int((~is_de).sum()):,})", ~is_de, NOT_DE_COLOR)):
+        fig.add_trace(scatter(
+            x=table["lfc_mean"].to_numpy()[mask], y=values[mask], mode="markers", name=name,
+            customdata=customdata[mask], hovertemplate=hover,
+            marker=dict(color=color, size=6, opacity=0.8, line=dict(width=0)),
+        ))
+    if delta is not None and delta > 0:
+        for x in (-delta, delta):
+            fig.add_vline(x=x, line_dash="dash", line_color="#666", line_width=1)
+    if is_de.any():
+        cut = float(values[is_de].min())
+        fig.add_hline(y=cut, line_dash="dot", line_color=DE_COLOR, line_width=1,
+                      annotation_text="FDR threshold", annotation_position="bottom left")
+    if selected is not None and selected in table.index:
+        row = table.index.get_loc(selected)
+        fig.add_trace(go.Scatter(
+            x=[table["lfc_mean"].iloc[row]], y=[values[row]], mode="markers+text",
+            name=str(table["gene"].iloc[row]), text=[str(table["gene"].iloc[row])],
+            textposition="top center", customdata=customdata[[row]], hovertemplate=hover,
+            marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
+            showlegend=False,
+        ))
+    fig.update_layout(
+        title=f"{g1} vs {g2}: {int(is_de.sum()):,} of {len(table):,} genes DE",
+        xaxis_title=f"LFC mean (log2 {g1} / {g2})", yaxis_title=Y_TITLES[y],
+        legend=dict(orientation="h", y=-0.18), margin=_MARGIN, height=480,
+        clickmode="event+select", dragmode="pan",
+    )
+    return fig
+
+
+def clicked_gene(points: Sequence[Mapping]) -> str | None:
+    """The var_name of the first point of a Streamlit plotly selection, if any."""
+    for point in points:
+        data = point.get("customdata")
+        if data:
+            return str(data[0])
+    return None
+
+
+def gene_embedding(
+    coords: np.ndarray,
+    values: np.ndarray,
+    *,
+    gene: str,
+    basis: str = "UMAP",
+    seed: int = 0,
+) -> go.Figure:
+    """Cells on a 2-D embedding coloured by one gene's log-normalised expression.
+
+    Expressing cells are drawn last (on top). Above ``MAX_SCATTER_POINTS`` cells a seeded random
+    subsample is drawn and the title says so.
+    """
+    coords = np.asarray(coords, dtype=float)
+    values = np.asarray(values, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(values):
+        raise ValueError(f"coords must be (n_cells, 2) matching values ({len(values)}), got {coords.shape}")
+    n = len(values)
+    idx = np.arange(n)
+    title = f"{gene} on the {basis}"
+    if n > MAX_SCATTER_POINTS:
+        idx = np.sort(np.random.default_rng(seed).choice(n, MAX_SCATTER_POINTS, replace=False))
+        title += f" (random {MAX_SCATTER_POINTS:,} of {n:,} cells shown)"
+    idx = idx[np.argsort(values[idx], kind="stable")]
+    fig = go.Figure(go.Scattergl(
+        x=coords[idx, 0], y=coords[idx, 1], mode="markers",
+        marker=dict(size=3, color=values[idx], colorscale="Viridis",
+                    colorbar=dict(title="log1p<br>norm."), showscale=True),
+        hovertemplate=f"{gene}: " + "%{marker.color:.2f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title=f"{basis} 1", yaxis_title=f"{basis} 2",
+                      xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False),
+                      margin=_MARGIN, height=420)
+    return fig
+
+
+def gene_violins(values: Mapping[str, np.ndarray], *, gene: str) -> go.Figure:
+    """One violin (with box) per group of a gene's log1p-normalised counts."""
+    fig = go.Figure()
+    for (name, group_values), color in zip(values.items(), GROUP_COLORS, strict=False):
+        fig.add_trace(go.Violin(
+            y=np.asarray(group_values, dtype=float), name=f"{name} ({len(group_values):,} cells)",
+            box_visible=True, meanline_visible=True, points=False, line_color=color,
+            spanmode="hard", showlegend=False,
+        ))
+    fig.update_layout(title=f"{gene} per group", yaxis_title="log1p(counts per 10k)",
+                      margin=_MARGIN, height=420)
+    return fig
+
+
+def concordance_scatter(de_table: pd.DataFrame, wilcoxon_table: pd.DataFrame, *,
+                        top_n: int = 50) -> go.Figure:
+    """Rank of each gene in the scVI table (x) against its rank in the Wilcoxon table (y).
+
+    Ranks start at 1 (most differential) in each table's own order; genes in both top ``top_n``
+    are highlighted.
+    """
+    de_rank = pd.Series(np.arange(1, len(de_table) + 1), index=de_table.index)
+    wx_rank = pd.Series(np.arange(1, len(wilcoxon_table) + 1), index=wilcoxon_table.index)
+    wx_rank = wx_rank.reindex(de_rank.index)
+    if wx_rank.isna().any():
+        raise ValueError("the two tables hold different genes: compute both on the same AnnData")
+    both = (de_rank <= top_n) & (wx_rank <= top_n)
+    genes = de_table["gene"].astype(str).to_numpy()
+    fig = go.Figure()
+    for name, mask, color in ((f"in both top {top_n} ({int(both.sum())})", both.to_numpy(), DE_COLOR),
+                              ("other genes", ~both.to_numpy(), NOT_DE_COLOR)):
+        fig.add_trace(go.Scattergl(
+            x=de_rank.to_numpy()[mask], y=wx_rank.to_numpy()[mask], mode="markers", name=name,
+            text=genes[mask], marker=dict(size=5, color=color, opacity=0.8),
+            hovertemplate="%{text}<br>scVI rank %{x}<br>Wilcoxon rank %{y}<extra></extra>",
+        ))
+    fig.update_layout(title="Gene ranks: scVI DE vs Wilcoxon", xaxis_title="rank in scVI DE",
+                      yaxis_title="rank in Wilcoxon test", xaxis_type="log", yaxis_type="log",
+                      legend=dict(orientation="h", y=-0.2), margin=_MARGIN, height=420)
+    return fig

@@ -1,0 +1,478 @@
+"""Explore page glue: cached embeddings and clusters of the active run, colourings, cell groups.
+
+Everything slow is cached with ``st.cache_data`` keyed on the run id and ``state.filtered_key``, so a
+change of colour, point size or group recomputes nothing but the colour vector:
+
+- the kNN graph of the latent (:func:`engine.neighbors.neighbors`), then UMAP and Leiden from it;
+- t-SNE, only when the user asks for it;
+- Leiden per resolution; observed and denoised expression per gene;
+- the batch-correction comparison (uncorrected PCA + UMAP, batch-mixing metrics), on demand.
+
+The Export and Differential expression pages use :func:`cluster_labels`, :func:`explored_adata`
+and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import streamlit as st
+
+from engine import batch_metrics as ebm
+from engine import clustering as eclust
+from engine import embedding as eemb
+from engine import neighbors as enb
+
+from .explore_figures import Colouring
+from .state import AppState
+from .training import load_run
+
+Embedding = Literal["UMAP", "t-SNE"]
+ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
+Expression = Literal["observed", "denoised"]
+
+QC_METRICS = {
+    "total_counts": "Total counts",
+    "n_genes_by_counts": "Genes detected",
+    "pct_counts_mt": "% mitochondrial counts",
+}
+# Posterior draws averaged per cell for the denoised expression (its posterior mean, approximately).
+DENOISED_SAMPLES = 5
+# Cells decoded at once for the denoised expression: bounds memory (samples x cells x genes floats).
+DENOISE_CHUNK = 2048
+SEED = 0
+# Session keys (st.session_state) of what this page remembers between reruns besides AppState.
+_CLUSTERING_KEY = "explore_clustering_of"
+_TSNE_KEY = "explore_tsne_of"
+
+
+def _check(value: str, allowed: type, what: str) -> None:
+    options = get_args(allowed)
+    if value not in options:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, options))}; got {value!r}")
+
+
+# ---- The active run ---------------------------------------------------------------------------
+def active_run(state: AppState):
+    """The active run, or None. Raises ValueError when it does not match the filtered cells."""
+    if state.active_run_id is None or state.filtered is None:
+        return None
+    run = load_run(state.active_run_id)
+    if run is None:
+        return None
+    if run.latent.shape[0] != state.filtered.n_obs:
+        raise ValueError(
+            f"The active run was trained on {run.latent.shape[0]:,} cells but the filtered data has "
+            f"{state.filtered.n_obs:,}: the QC settings changed since. Train again or pick a run "
+            f"trained on these cells on the Train page.")
+    return run
+
+
+def _latent_adata(latent: np.ndarray, n_obs: int) -> ad.AnnData:
+    adata = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_obs).astype(str)))
+    adata.obsm["X_scVI"] = np.asarray(latent, dtype=np.float32)
+    return adata
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The kNN graph of a representation, as :func:`engine.neighbors.neighbors` writes it."""
+
+    distances: sp.csr_matrix
+    connectivities: sp.csr_matrix
+    params: dict
+
+    def write(self, adata: ad.AnnData) -> None:
+        adata.obsp["distances"] = self.distances
+        adata.obsp["connectivities"] = self.connectivities
+        adata.uns["neighbors"] = {"connectivities_key": "connectivities",
+                                  "distances_key": "distances", "params": dict(self.params)}
+
+
+def _graph_of(adata: ad.AnnData, use_rep: str) -> Graph:
+    enb.neighbors(adata, use_rep=use_rep, seed=SEED)
+    return Graph(adata.obsp["distances"], adata.obsp["connectivities"],
+                 dict(adata.uns["neighbors"]["params"]))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _latent_graph(run_id: str, key: str, _latent: np.ndarray) -> Graph:
+    return _graph_of(_latent_adata(_latent, len(_latent)), "X_scVI")
+
+
+def _adata_with_graph(run_id: str, key: str, latent: np.ndarray) -> ad.AnnData:
+    adata = _latent_adata(latent, len(latent))
+    _latent_graph(run_id, key, latent).write(adata)
+    return adata
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _umap(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
+    adata = _adata_with_graph(run_id, key, _latent)
+    eemb.umap(adata, seed=SEED)
+    return np.asarray(adata.obsm["X_umap"], dtype=np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
+    adata = _latent_adata(_latent, len(_latent))
+    eemb.tsne(adata, use_rep="X_scVI", seed=SEED)
+    return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray) -> tuple[np.ndarray, dict]:
+    adata = _adata_with_graph(run_id, key, _latent)
+    eclust.leiden(adata, resolution=resolution, seed=SEED)
+    return adata.obs["leiden"].astype(str).to_numpy(), dict(adata.uns.get("leiden", {}))
+
+
+def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
+    """``(n_cells, 2)`` float32 UMAP or t-SNE of the run's latent (cached per run and data)."""
+    _check(kind, Embedding, "kind")
+    if kind == "UMAP":
+        return _umap(run.run_id, state.filtered_key, run.latent)
+    tsne = _tsne(run.run_id, state.filtered_key, run.latent)
+    st.session_state.setdefault(_TSNE_KEY, set()).add((run.run_id, state.filtered_key))
+    return tsne
+
+
+def leiden_clusters(state: AppState, run) -> pd.Categorical:
+    """Leiden cluster ids ("0", "1", ... largest first) at ``state.leiden_resolution`` (cached)."""
+    labels, _ = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
+    return pd.Categorical(labels, categories=sorted(set(labels), key=int))
+
+
+# ---- Cluster names -----------------------------------------------------------------------------
+def sync_cluster_names(state: AppState) -> bool:
+    """Forget cluster names given to another clustering (other run, data or resolution).
+
+    Names belong to cluster ids of one clustering; applied to another they would mislabel cells.
+    Returns True when names were dropped, so the page can say so.
+    """
+    current = (state.active_run_id, state.filtered_key, float(state.leiden_resolution))
+    previous = st.session_state.get(_CLUSTERING_KEY)
+    st.session_state[_CLUSTERING_KEY] = current
+    if previous is not None and previous != current and state.cluster_names:
+        state.cluster_names = {}
+        return True
+    return False
+
+
+def renamed(labels: pd.Categorical, names: Mapping[str, str]) -> pd.Categorical:
+    """Cluster labels with the user's names; clusters given the same name are merged."""
+    categories = [str(c) for c in labels.categories]
+    shown = [names.get(c, "").strip() or c for c in categories]
+    unique = list(dict.fromkeys(shown))
+    codes = np.asarray(labels.codes)
+    lookup = np.array([unique.index(s) for s in shown], dtype=np.int64)
+    new_codes = np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1)
+    return pd.Categorical.from_codes(new_codes, categories=unique)
+
+
+def cluster_labels(state: AppState, run, filtered: ad.AnnData) -> pd.Series:
+    """Leiden clusters of ``run`` at the current resolution with the user's names: a categorical
+    Series indexed by ``filtered.obs_names``."""
+    labels = renamed(leiden_clusters(state, run), state.cluster_names)
+    return pd.Series(labels, index=filtered.obs_names, name="leiden")
+
+
+def cluster_table(state: AppState, run) -> pd.DataFrame:
+    """One row per Leiden cluster: its id, its number of cells and the user's name for it."""
+    labels = leiden_clusters(state, run)
+    sizes = pd.Series(labels).value_counts(sort=False).reindex(labels.categories, fill_value=0)
+    return pd.DataFrame({"cluster": [str(c) for c in labels.categories],
+                         "cells": sizes.to_numpy(),
+                         "name": [state.cluster_names.get(str(c), "") for c in labels.categories]})
+
+
+def apply_cluster_edits(state: AppState, clusters: Sequence[str], edited_rows: Mapping) -> None:
+    """Apply ``st.data_editor`` edits of the "name" column (row position -> {"name": text})."""
+    names = dict(state.cluster_names)
+    for row, change in edited_rows.items():
+        if "name" not in change:
+            continue
+        cluster = clusters[int(row)]
+        text = (change["name"] or "").strip()
+        if text and text != cluster:
+            names[cluster] = text
+        else:
+            names.pop(cluster, None)
+    state.cluster_names = names
+
+
+# ---- Colouring ---------------------------------------------------------------------------------
+def annotation_columns(filtered: ad.AnnData) -> list[str]:
+    """obs columns offered for colouring, QC metrics excluded (they have their own choice)."""
+    return [str(c) for c in filtered.obs.columns if c not in QC_METRICS and c != "leiden"]
+
+
+def qc_metrics(filtered: ad.AnnData) -> list[str]:
+    return [m for m in QC_METRICS if m in filtered.obs]
+
+
+def gene_names(filtered: ad.AnnData) -> pd.Index:
+    """The genes' display names (unique), in var order."""
+    if "display_name" in filtered.var:
+        return pd.Index(filtered.var["display_name"].astype(str))
+    return filtered.var_names
+
+
+def _counts(filtered: ad.AnnData) -> sp.csr_matrix:
+    counts = filtered.layers["counts"] if "counts" in filtered.layers else filtered.X
+    return sp.csr_matrix(counts)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _library_sizes(key: str, _filtered: ad.AnnData) -> np.ndarray:
+    return np.asarray(_counts(_filtered).sum(axis=1), dtype=np.float64).ravel()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _observed(key: str, gene: int, _filtered: ad.AnnData) -> np.ndarray:
+    column = _counts(_filtered)[:, gene].toarray().ravel().astype(np.float64)
+    library = _library_sizes(key, _filtered)
+    per_10k = np.divide(column * 1e4, library, out=np.zeros_like(column), where=library > 0)
+    return np.log1p(per_10k).astype(np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _denoised(run_id: str, key: str, gene: str, _run, _filtered: ad.AnnData) -> np.ndarray:
+    from engine.inference import normalized_expression  # torch only when the model is used
+
+    adata = _filtered[:, list(_run.var_names)]
+    column = list(_run.var_names).index(gene)
+    out = np.empty(adata.n_obs, dtype=np.float64)
+    for start in range(0, adata.n_obs, DENOISE_CHUNK):
+        cells = np.arange(start, min(start + DENOISE_CHUNK, adata.n_obs))
+        draws = normalized_expression(_run, adata, indices=cells, n_samples=DENOISED_SAMPLES,
+                                      library_size=1e4, seed=SEED)
+        out[cells] = np.asarray(draws)[:, :, column].mean(axis=0)
+    return np.log1p(out).astype(np.float32)
+
+
+def gene_expression(state: AppState, run, gene: str, *, expression: Expression = "observed") -> np.ndarray:
+    """log1p expression per 10,000 counts of one gene (display name) in every cell.
+
+    ``observed``: the counts normalised by each cell's library size. ``denoised``: the model's
+    posterior mean of the normalised expression (average of :data:`DENOISED_SAMPLES` draws), only for
+    genes the run was trained on.
+    """
+    _check(expression, Expression, "expression")
+    filtered = state.filtered
+    names = gene_names(filtered)
+    if gene not in names:
+        raise ValueError(f"No gene named '{gene}' in the filtered data: pick one from the list.")
+    position = int(names.get_loc(gene))
+    if expression == "observed":
+        return _observed(state.filtered_key, position, filtered)
+    var_name = str(filtered.var_names[position])
+    if var_name not in set(map(str, run.var_names)):
+        raise ValueError(f"The model was not trained on {gene} (it used {len(run.var_names):,} "
+                         f"highly variable genes): show its observed expression, or train on more "
+                         f"genes on the Train page.")
+    return _denoised(run.run_id, state.filtered_key, var_name, run, filtered)
+
+
+def colouring(state: AppState, run, *, source: ColourSource, name: str = "",
+              expression: Expression = "observed") -> Colouring:
+    """The colour vector for the scatter: the (renamed) clusters, an obs column, a QC metric or a
+    gene's expression. Only this is recomputed when the user changes the colour."""
+    _check(source, ColourSource, "source")
+    filtered = state.filtered
+    if source == "Cluster":
+        return Colouring("cluster", cluster_labels(state, run, filtered).array)
+    if source == "Gene":
+        values = gene_expression(state, run, name, expression=expression)
+        return Colouring(f"{name} ({expression})", values)
+    if name not in filtered.obs:
+        raise ValueError(f"No cell annotation '{name}' in the data: pick one from the list.")
+    column = filtered.obs[name]
+    if source == "QC metric":
+        return Colouring(QC_METRICS.get(name, name), column.to_numpy(dtype=np.float32))
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column) \
+            and column.nunique() > 20:
+        return Colouring(name, column.to_numpy(dtype=np.float32))
+    return Colouring(name, pd.Categorical(column.astype("string").astype(object).where(column.notna())))
+
+
+# ---- Cell groups -------------------------------------------------------------------------------
+def selected_cells(selection: Mapping, obs_names: pd.Index) -> np.ndarray:
+    """obs_names of the cells in a plotly selection (``st.plotly_chart(...).selection``).
+
+    Each point carries its row position as ``customdata`` (see :mod:`dashboard.explore_figures`).
+    """
+    rows = set()
+    for point in selection.get("points", []):
+        data = point.get("customdata")
+        if isinstance(data, list):
+            data = data[0]
+        if data is not None:
+            rows.add(int(data))
+    positions = np.array(sorted(r for r in rows if 0 <= r < len(obs_names)), dtype=np.int64)
+    return np.asarray(obs_names[positions], dtype=object)
+
+
+def _check_name(state: AppState, name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ValueError("Give the group a name.")
+    if name in state.cell_groups:
+        raise ValueError(f"A group named '{name}' exists already: choose another name or delete "
+                         f"that group first.")
+    return name
+
+
+def save_group(state: AppState, name: str, cells: np.ndarray) -> str:
+    """Keep ``cells`` (obs_names) as a group called ``name``; returns the name saved."""
+    name = _check_name(state, name)
+    if len(cells) == 0:
+        raise ValueError("No cells are selected: draw a lasso or box around cells on the plot "
+                         "(choose the tool in the plot's toolbar), then save.")
+    state.cell_groups = {**state.cell_groups, name: np.asarray(cells, dtype=object)}
+    return name
+
+
+def rename_group(state: AppState, old: str, new: str) -> None:
+    if old not in state.cell_groups:
+        raise ValueError(f"There is no group named '{old}'.")
+    new = _check_name(state, new)
+    state.cell_groups = {(new if k == old else k): v for k, v in state.cell_groups.items()}
+
+
+def delete_group(state: AppState, name: str) -> None:
+    if name not in state.cell_groups:
+        raise ValueError(f"There is no group named '{name}'.")
+    state.cell_groups = {k: v for k, v in state.cell_groups.items() if k != name}
+
+
+def combine_groups(state: AppState, names: Sequence[str], new: str) -> None:
+    """Save the union of the cells of ``names`` as a new group ``new``."""
+    if len(names) < 2:
+        raise ValueError("Choose at least two groups to combine.")
+    missing = [n for n in names if n not in state.cell_groups]
+    if missing:
+        raise ValueError(f"There is no group named {', '.join(map(repr, missing))}.")
+    cells = np.unique(np.concatenate([np.asarray(state.cell_groups[n], dtype=str) for n in names]))
+    save_group(state, new, cells.astype(object))
+
+
+def groups_table(state: AppState) -> pd.DataFrame:
+    """One row per group: its name, its number of cells and how many are in the filtered data."""
+    present = set(state.filtered.obs_names) if state.filtered is not None else set()
+    return pd.DataFrame({
+        "group": list(state.cell_groups),
+        "cells": [len(v) for v in state.cell_groups.values()],
+        "in current data": [int(sum(c in present for c in v)) for v in state.cell_groups.values()],
+    })
+
+
+# ---- Export ------------------------------------------------------------------------------------
+def explored_adata(state: AppState) -> ad.AnnData | None:
+    """A copy of ``state.filtered`` with what the Explore page computed for the active run.
+
+    ``obsm["X_scVI"]`` (latent mean), ``obsm["X_umap"]``, ``obsm["X_tsne"]`` (when the user computed
+    it), ``obs["leiden"]`` (clusters with the user's names, categorical) and ``uns["leiden"]``
+    (parameters and the names given). None without an active run that matches the data.
+    """
+    try:
+        run = active_run(state)
+    except ValueError:
+        return None
+    if run is None:
+        return None
+    filtered = state.filtered
+    adata = filtered.copy()
+    adata.obsm["X_scVI"] = np.asarray(run.latent, dtype=np.float32)
+    adata.obsm["X_umap"] = embedding(state, run, "UMAP")
+    if (run.run_id, state.filtered_key) in st.session_state.get(_TSNE_KEY, set()):
+        adata.obsm["X_tsne"] = embedding(state, run, "t-SNE")
+    adata.obs["leiden"] = cluster_labels(state, run, filtered)
+    _, params = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
+    adata.uns["leiden"] = {**params, "cluster_names": dict(state.cluster_names)}
+    return adata
+
+
+# ---- Batch correction --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchComparison:
+    """Embeddings and batch-mixing metrics of the uncorrected data and of the run's latent."""
+
+    batch_key: str
+    uncorrected_umap: np.ndarray
+    latent_umap: np.ndarray
+    uncorrected: ebm.BatchMetrics
+    latent: ebm.BatchMetrics
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _uncorrected(key: str, _filtered: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the log-normalised counts and the UMAP of its kNN graph."""
+    adata = ad.AnnData(obs=pd.DataFrame(index=_filtered.obs_names),
+                       var=pd.DataFrame(index=_filtered.var_names))
+    adata.layers["counts"] = _counts(_filtered)
+    eemb.pca_uncorrected(adata, layer="counts", seed=SEED)
+    adata.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
+    _graph_of(adata, "X_pca")
+    eemb.umap(adata, seed=SEED)
+    return adata.obsm["X_pca"], np.asarray(adata.obsm["X_umap"], dtype=np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _metrics(rep: str, run_id: str, key: str, batch_key: str, resolution: float, _rep: np.ndarray,
+             _batch: np.ndarray, _labels: np.ndarray) -> ebm.BatchMetrics:
+    adata = ad.AnnData(obs=pd.DataFrame({"batch": pd.Categorical(_batch),
+                                         "label": pd.Categorical(_labels)},
+                                        index=pd.RangeIndex(len(_batch)).astype(str)))
+    adata.obsm["rep"] = np.asarray(_rep, dtype=np.float32)
+    return ebm.batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
+
+
+def batch_comparison(state: AppState, run) -> BatchComparison:
+    """Uncorrected (PCA of log-normalised counts) vs corrected (latent) embeddings and metrics,
+    with the run's batch key as batches and the Leiden clusters of the latent as labels."""
+    if run.batch_key is None:
+        raise ValueError("This run was trained without a batch key: there is no batch correction "
+                         "to compare. Train with a batch key on the Train page.")
+    filtered = state.filtered
+    batch = filtered.obs[run.batch_key].astype(str).to_numpy()
+    labels = np.asarray(leiden_clusters(state, run)).astype(str)
+    pca, uncorrected_umap = _uncorrected(state.filtered_key, filtered)
+    resolution = float(state.leiden_resolution)
+    return BatchComparison(
+        batch_key=run.batch_key,
+        uncorrected_umap=uncorrected_umap,
+        latent_umap=embedding(state, run, "UMAP"),
+        # Both scored against the latent's clusters, hence keyed on the run and resolution.
+        uncorrected=_metrics("X_pca", run.run_id, state.filtered_key, run.batch_key, resolution,
+                             pca, batch, labels),
+        latent=_metrics("X_scVI", run.run_id, state.filtered_key, run.batch_key, resolution,
+                        run.latent, batch, labels),
+    )
+
+
+METRIC_HELP = {
+    "batch_silhouette": "Batch silhouette: 1 - |silhouette of batches|; higher = batches better mixed.",
+    "batch_entropy": "Batch entropy: how evenly the batches share each cell's neighbourhood (0-1); "
+                     "higher = better mixed.",
+    "ilisi": "iLISI: effective number of batches among a cell's neighbours; higher = better mixed.",
+    "label_silhouette": "Cluster silhouette: how well the clusters stay apart; higher = biology "
+                        "better kept.",
+}
+
+
+def metrics_table(comparison: BatchComparison) -> pd.DataFrame:
+    """The metrics side by side: one row per metric, columns uncorrected and scVI latent."""
+    rows = []
+    for field_name, text in METRIC_HELP.items():
+        rows.append({"metric": text.split(":")[0],
+                     "uncorrected (PCA)": float(getattr(comparison.uncorrected, field_name)),
+                     "scVI latent": float(getattr(comparison.latent, field_name)),
+                     "meaning": text.split(": ", 1)[1]})
+    return pd.DataFrame(rows)
