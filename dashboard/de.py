@@ -20,6 +20,7 @@ from engine import wilcoxon as ewilcoxon
 
 from . import explore
 from .state import AppState
+from .training import load_run
 
 # Pseudo-columns offered next to the obs annotations.
 CLUSTERS = "Leiden clusters"
@@ -160,8 +161,6 @@ def run_data(filtered: ad.AnnData, run) -> ad.AnnData:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _differential_expression(run_id: str, key: str, mask1: np.ndarray, mask2: np.ndarray,
                              mode: str, batch_correction: bool, _adata: ad.AnnData) -> ede.DEResult:
-    from .training import load_run
-
     run = load_run(run_id)
     return ede.differential_expression(run, _adata.copy(), group1=mask1, group2=mask2, mode=mode,
                                        batch_correction=batch_correction)

@@ -143,6 +143,11 @@ def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
     return tsne
 
 
+def tsne_computed(state: AppState, run) -> bool:
+    """Whether this session asked for the t-SNE of ``run`` (then it is cached and exported)."""
+    return (run.run_id, state.filtered_key) in st.session_state.get(_TSNE_KEY, set())
+
+
 def leiden_clusters(state: AppState, run) -> pd.Categorical:
     """Leiden cluster ids ("0", "1", ... largest first) at ``state.leiden_resolution`` (cached)."""
     labels, _ = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
@@ -391,7 +396,7 @@ def explored_adata(state: AppState) -> ad.AnnData | None:
     adata = filtered.copy()
     adata.obsm["X_scVI"] = np.asarray(run.latent, dtype=np.float32)
     adata.obsm["X_umap"] = embedding(state, run, "UMAP")
-    if (run.run_id, state.filtered_key) in st.session_state.get(_TSNE_KEY, set()):
+    if tsne_computed(state, run):
         adata.obsm["X_tsne"] = embedding(state, run, "t-SNE")
     adata.obs["leiden"] = cluster_labels(state, run, filtered)
     _, params = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)

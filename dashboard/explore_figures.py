@@ -98,7 +98,9 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
     xy = np.round(coords[rows].astype(np.float32), 3)
     text = hover_text(cells[rows], np.asarray(clusters)[rows])
     marker = dict(size=point_size, opacity=opacity)
-    traces: list[go.Scattergl] = []
+    # Traces as dicts: go.Figure validates them once, where trace objects would be deep-copied
+    # (every hover string of every point) on the way in.
+    traces: list[dict] = []
     if colouring.categorical:
         codes = np.asarray(colouring.values.codes)[rows]
         names = [str(c) for c in colouring.values.categories]
@@ -114,8 +116,8 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
         values = np.asarray(colouring.values, dtype=np.float32)[rows]
         order = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")
         colour = np.round(values[order], 4)
-        traces.append(go.Scattergl(
-            x=xy[order, 0], y=xy[order, 1], customdata=rows[order], text=text[order],
+        traces.append(dict(
+            type="scattergl", x=xy[order, 0], y=xy[order, 1], customdata=rows[order], text=text[order],
             mode="markers", name=colouring.label, showlegend=False,
             marker=dict(marker, color=colour, colorscale=CONTINUOUS_SCALE,
                         colorbar=dict(title=dict(text=colouring.label, side="right"),
@@ -136,9 +138,9 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
 
 
 def _points(xy: np.ndarray, rows: np.ndarray, text: np.ndarray, mask: np.ndarray, *, name: str,
-            marker: dict, label: str, show_legend: bool) -> go.Scattergl:
-    return go.Scattergl(
-        x=xy[mask, 0], y=xy[mask, 1], customdata=rows[mask], text=text[mask], mode="markers",
+            marker: dict, label: str, show_legend: bool) -> dict:
+    return dict(
+        type="scattergl", x=xy[mask, 0], y=xy[mask, 1], customdata=rows[mask], text=text[mask], mode="markers",
         name=name, legendgroup=name, showlegend=show_legend, marker=marker,
         hovertemplate=f"%{{text}}<br>{label}: {name}<extra></extra>",
     )

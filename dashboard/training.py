@@ -115,8 +115,7 @@ def training_data(filtered: ad.AnnData, key: str, *, n_top_genes: int) -> ad.Ann
 def runs_for(filtered: ad.AnnData) -> list[ecache.RunInfo]:
     """Cached runs trained on exactly these cells (any gene subset), newest first."""
     cells = ecache.cells_hash(filtered)
-    runs = [r for r in ecache.list_runs(cache_dir()) if r.cells_hash == cells]
-    return sorted(runs, key=lambda r: r.created, reverse=True)
+    return [r for r in ecache.list_runs(cache_dir()) if r.metrics.get("cells_hash") == cells]
 
 
 def submit(state: AppState, form: TrainForm, board: JobBoard) -> None:

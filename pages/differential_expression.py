@@ -2,10 +2,191 @@
 
 import streamlit as st
 
-st.title("Differential expression")
-st.info(
-    "This page will compare two groups of cells (clusters, annotations or lasso groups) with the "
-    "model's Bayesian differential expression and show an interactive volcano plot and table. "
-    "It needs a trained run (Train page) and groups (Explore page).",
-    icon=":material/construction:",
+from dashboard import de as dede
+from dashboard import explore
+from dashboard.de_figures import (
+    Y_TITLES,
+    clicked_gene,
+    concordance_scatter,
+    gene_embedding,
+    gene_violins,
+    volcano,
 )
+from dashboard.state import get_state
+from engine.de import FEW_CELLS, MIN_CELLS
+from engine.wilcoxon import concordance
+
+MODE_HELP = {
+    "change": "Change (Boyeau et al. 2019): probability that the log2 fold change exceeds delta.",
+    "vanilla": "Vanilla (Lopez et al. 2018): probability that expression is higher in one group.",
+}
+TABLE_COLUMNS = ["gene", "lfc_mean", "proba_de", "bayes_factor", "is_de_fdr", "mean_norm_1",
+                 "mean_norm_2", "frac_expr_1", "frac_expr_2", "lfc_low", "lfc_high"]
+
+state = get_state()
+session = dede.de_session()
+st.title("Differential expression")
+st.caption("Compare two groups of cells with the model's Bayesian differential expression: "
+           "posterior fold changes, a volcano plot and a gene table.")
+
+if state.filtered is None or state.dataset is None:
+    st.info("Load a dataset on the Data page first.")
+    st.stop()
+try:
+    run = explore.active_run(state)
+except ValueError as err:
+    st.warning(str(err))
+    st.stop()
+if run is None:
+    st.info("Train a model or pick a run on the Train page first.")
+    st.stop()
+
+with st.spinner("Clustering the cells (once per run and resolution)..."):
+    labels = dede.label_columns(state, run)
+
+# ---- The two groups -----------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Groups")
+    sources = list(labels) + ([dede.LASSO] if state.cell_groups else [])
+    groupby = st.selectbox("Compare groups of", sources, key="de_groupby",
+                           help="Leiden clusters (named on the Explore page), an annotation of the "
+                                "cells, or groups drawn with the lasso on the Explore page.")
+    values = dede.group_values(labels, groupby, state.cell_groups)
+    c1, c2 = st.columns(2)
+    group1 = c1.selectbox("Group 1", values, key="de_group1")
+    group2 = c2.selectbox("Group 2", [dede.REST] + [v for v in values if v != group1], key="de_group2",
+                          help="'rest' is every other cell.")
+    within = None
+    if st.checkbox("Only inside one group of another annotation (e.g. stimulated vs control inside "
+                   "one cluster)", key="de_restrict"):
+        w1, w2 = st.columns(2)
+        within_column = w1.selectbox("Restrict to cells where", [c for c in labels if c != groupby],
+                                     key="de_within_column")
+        within_value = w2.selectbox("equals", dede.group_values(labels, within_column, {}),
+                                    key="de_within_value")
+        within = (within_column, within_value)
+    comparison = dede.Comparison(groupby=groupby, group1=group1, group2=group2, within=within)
+
+    o1, o2 = st.columns(2)
+    mode = o1.radio("Mode", list(MODE_HELP), format_func=str.capitalize, key="de_mode",
+                    help="\n\n".join(MODE_HELP.values()))
+    o1.caption(MODE_HELP[mode])
+    no_batch = run.batch_key is None
+    batch_correction = o2.checkbox(
+        "Batch correction", value=not no_batch, disabled=no_batch, key="de_batch_correction",
+        help="Decode both groups in every batch and compare like with like."
+             if not no_batch else "The active run was trained without a batch key.")
+
+    try:
+        mask1, mask2 = dede.group_masks(comparison, labels=labels, cell_groups=state.cell_groups,
+                                        obs_names=state.filtered.obs_names)
+        sizes = (int(mask1.sum()), int(mask2.sum()))
+        o2.write(f"**{comparison.names()[0]}**: {sizes[0]:,} cells · "
+                 f"**{comparison.names()[1]}**: {sizes[1]:,} cells")
+        if min(sizes) < MIN_CELLS:
+            st.error(f"A group has fewer than {MIN_CELLS} cells: differential expression needs at "
+                     f"least {MIN_CELLS} per group. Pick larger groups.")
+        elif min(sizes) < FEW_CELLS:
+            st.warning(f"A group has fewer than {FEW_CELLS} cells: its estimates will be uncertain.")
+    except ValueError as err:
+        st.error(str(err))
+        mask1 = mask2 = None
+    pressed = st.button("Run differential expression", type="primary", disabled=mask1 is None)
+
+if pressed and mask1 is not None:
+    request = dede.DERequest(run_id=run.run_id, comparison=comparison, mode=mode,
+                             batch_correction=batch_correction and not no_batch)
+    try:
+        with st.spinner(f"Drawing posterior expression of {comparison.describe()}..."):
+            dede.differential_expression(state, request, mask1, mask2, run)
+        session.request = request
+        session.selected_gene = None
+    except ValueError as err:
+        st.error(str(err))
+
+if session.request is None or session.request.run_id != run.run_id:
+    st.info("Pick two groups and press **Run differential expression**.")
+    st.stop()
+
+request = session.request
+try:
+    mask1, mask2 = dede.request_masks(state, run, request)
+    result = dede.differential_expression(state, request, mask1, mask2, run)
+except ValueError as err:
+    st.error(f"The last comparison cannot be shown any more: {err}")
+    st.stop()
+names = request.comparison.names()
+st.subheader(f"{request.comparison.describe()}")
+st.caption(f"{result.n_cells_1:,} vs {result.n_cells_2:,} cells ({result.n_sampled_1:,} and "
+           f"{result.n_sampled_2:,} sampled) · mode {result.mode} · batch correction "
+           f"{'on' if result.batch_correction else 'off'} · {result.n_pairs:,} posterior pairs")
+for note in result.warnings:
+    st.warning(note)
+
+
+@st.fragment
+def results_panel() -> None:
+    """Thresholds, volcano, gene views and table: re-thresholded here without recomputing."""
+    s1, s2, s3 = st.columns(3)
+    delta = s1.slider("delta: smallest |LFC| that counts (log2)", 0.0, 2.0, session.delta, 0.05,
+                      key="de_delta", disabled=result.mode == "vanilla",
+                      help="Only used in change mode.")
+    fdr = s2.slider("FDR target", 0.01, 0.5, session.fdr, 0.01, key="de_fdr",
+                    help="Posterior expected false discovery rate of the genes called DE.")
+    y_axis = s3.radio("Volcano y axis", list(Y_TITLES), format_func=Y_TITLES.get, key="de_y")
+    session.delta, session.fdr = delta, fdr
+    table = result.table(delta=delta, fdr=fdr)
+    n_de = int(table["is_de_fdr"].sum())
+    up = int((table["is_de_fdr"] & (table["lfc_mean"] > 0)).sum())
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Genes called DE", f"{n_de:,}")
+    m2.metric(f"Up in {names[0]}", f"{up:,}")
+    m3.metric(f"Up in {names[1]}", f"{n_de - up:,}")
+
+    left, right = st.columns([3, 2])
+    with left:
+        fig = volcano(table, y=y_axis, delta=delta if result.mode == "change" else None,
+                      group_names=names, selected=session.selected_gene)
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
+                                key="de_volcano")
+        st.caption("Click a gene to see it on the UMAP and per group.")
+    with right:
+        query = st.text_input("Filter genes", key="de_query", placeholder="e.g. CD14 or ENSG...")
+        only_de = st.checkbox("Only genes called DE", key="de_only_de")
+        shown = dede.gene_options(table[table["is_de_fdr"]] if only_de else table, query)
+        rows = st.dataframe(shown[TABLE_COLUMNS], height=420, key="de_table", on_select="rerun",
+                            selection_mode="single-row",
+                            column_config={"is_de_fdr": st.column_config.CheckboxColumn("DE")})
+        st.caption(f"{len(shown):,} of {len(table):,} genes. Click a column header to sort.")
+    picked_rows = rows.selection.rows
+    session.pick(volcano=clicked_gene(event.selection.points),
+                 table=str(shown.index[picked_rows[0]]) if picked_rows else None)
+
+    if session.selected_gene is not None and session.selected_gene in table.index:
+        gene, values = dede.gene_values(state, run, session.selected_gene)
+        row = table.loc[session.selected_gene]
+        st.subheader(gene)
+        st.caption(f"LFC mean {row['lfc_mean']:.2f} · P(DE) {row['proba_de']:.3f} · "
+                   f"log Bayes factor {row['bayes_factor']:.2f}")
+        g1, g2 = st.columns(2)
+        with g1, st.spinner("Computing the UMAP (once per run)..."):
+            coords = explore.embedding(state, run, "UMAP")
+            st.plotly_chart(gene_embedding(coords, values, gene=gene), width="stretch",
+                            key="de_gene_umap")
+        g2.plotly_chart(gene_violins({names[0]: values[mask1], names[1]: values[mask2]}, gene=gene),
+                        width="stretch", key="de_gene_violins")
+
+    with st.expander("Agreement with a Wilcoxon rank-sum test"):
+        with st.spinner("Running the Wilcoxon test..."):
+            wilcoxon_table = dede.wilcoxon(state, mask1, mask2, run)
+        agreement = concordance(table, wilcoxon_table, top_n=50)
+        c1, c2 = st.columns(2)
+        c1.metric("Rank correlation (Spearman)", f"{agreement.spearman:.2f}")
+        c2.metric(f"Shared genes in both top {agreement.top_n}",
+                  f"{agreement.overlap} ({agreement.overlap_fraction:.0%})")
+        st.plotly_chart(concordance_scatter(table, wilcoxon_table, top_n=agreement.top_n),
+                        width="stretch", key="de_concordance")
+
+
+results_panel()
+st.caption("Download the table with its provenance on the Export page.")

@@ -1,11 +1,183 @@
-"""Explore page: UMAP/t-SNE of the latent space, Leiden clusters, gene colouring, lasso groups."""
+"""Explore page: UMAP/t-SNE of the latent space, Leiden clusters, colouring, lasso groups, batches."""
+
+import time
 
 import streamlit as st
 
+from dashboard import explore as ex
+from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
+from dashboard.state import get_state
+
+state = get_state()
+
 st.title("Explore")
-st.info(
-    "This page will show a UMAP or t-SNE of the trained model's latent space with Leiden clusters, "
-    "colour the cells by any annotation or gene, and let you draw groups with a lasso. "
-    "It needs a trained run: train one on the Train page first.",
-    icon=":material/construction:",
-)
+st.caption("The cells in the trained model's latent space: clusters, annotations and genes, and "
+           "groups of cells drawn with the lasso for the Differential expression page.")
+
+try:
+    run = ex.active_run(state)
+except ValueError as err:
+    st.warning(str(err), icon=":material/warning:")
+    st.stop()
+if run is None:
+    st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
+    st.stop()
+
+filtered = state.filtered
+if ex.sync_cluster_names(state):
+    st.info("The clustering changed (other run, data or resolution): cluster names were reset.",
+            icon=":material/info:")
+
+# ---- Embedding, colours and groups ------------------------------------------------------------
+# A fragment: changing the colour, point size or a group reruns only this panel, and inside it
+# only the colour vector is computed (embeddings and clusters come from the cache).
+@st.fragment
+def scatter_panel() -> None:
+    controls, chart = st.columns([1, 3])
+    with controls:
+        kind = st.radio("Embedding", ["UMAP", "t-SNE"], horizontal=True, key="explore_embedding",
+                        help="Both are computed from the model's latent space. t-SNE is computed "
+                             "the first time you choose it.")
+        source = st.selectbox("Colour by", ["Cluster", "Annotation", "QC metric", "Gene"],
+                              key="explore_source")
+        name, expression = "", "observed"
+        if source == "Annotation":
+            name = st.selectbox("Annotation", ex.annotation_columns(filtered),
+                                key="explore_annotation")
+        elif source == "QC metric":
+            name = st.selectbox("QC metric", ex.qc_metrics(filtered), key="explore_qc",
+                                format_func=lambda m: ex.QC_METRICS.get(m, m))
+        elif source == "Gene":
+            name = st.selectbox("Gene (type to search)", ex.gene_names(filtered),
+                                key="explore_gene")
+            expression = st.radio(
+                "Expression", ["observed", "denoised"], horizontal=True, key="explore_expression",
+                help="observed: log1p of the counts per 10,000 in each cell. denoised: the "
+                     "model's estimate of the same quantity (posterior mean), with sampling noise "
+                     "and batch effects removed.")
+        point_size = st.slider("Point size", 1.0, 10.0, 3.0, step=0.5, key="explore_point_size")
+        opacity = st.slider("Opacity", 0.1, 1.0, 0.8, step=0.05, key="explore_opacity")
+
+    with chart:
+        started = time.perf_counter()
+        with st.spinner(f"Computing the neighbour graph, {kind} and Leiden clusters of this run "
+                        f"(first time only)..."):
+            coords = ex.embedding(state, run, kind)
+            clusters = ex.cluster_labels(state, run, filtered)
+        try:
+            with st.spinner("Computing the colours..."):
+                colour = ex.colouring(state, run, source=source, name=name, expression=expression)
+        except ValueError as err:
+            st.warning(str(err), icon=":material/warning:")
+            colour = ex.colouring(state, run, source="Cluster")
+        fig = embedding_scatter(coords, colouring=colour, cells=filtered.obs_names,
+                                clusters=clusters.array, title=f"{kind} of the latent space",
+                                point_size=point_size, opacity=opacity)
+        event = st.plotly_chart(fig, width="stretch", key="explore_scatter", on_select="rerun",
+                                selection_mode=("lasso", "box"))
+        st.caption(f"{filtered.n_obs:,} cells. Draw a lasso or box (plot toolbar) to select "
+                   f"cells. Above {MAX_POINTS:,} cells a random subsample is drawn. "
+                   f"Drawn in {time.perf_counter() - started:.2f} s.")
+    group_panel(ex.selected_cells(event.selection, filtered.obs_names))
+
+
+def group_panel(selected) -> None:
+    with st.container(border=True):
+        st.subheader("Cell groups")
+        st.caption("Groups are used on the Differential expression page.")
+        left, right = st.columns([2, 1], vertical_alignment="bottom")
+        group_name = left.text_input("Group name", key="explore_group_name",
+                                     placeholder="e.g. activated monocytes")
+        if right.button(f"Save selection as group ({len(selected):,} cells)",
+                        disabled=len(selected) == 0, key="explore_save_group"):
+            try:
+                saved = ex.save_group(state, group_name, selected)
+                st.success(f"Saved group '{saved}' with {len(selected):,} cells.")
+            except ValueError as err:
+                st.error(str(err))
+        if not state.cell_groups:
+            st.caption("No groups yet: select cells on the plot, name the group, then save it.")
+            return
+        st.table(ex.groups_table(state).set_index("group"))
+        with st.expander("Rename, delete or combine groups"):
+            names = list(state.cell_groups)
+            c1, c2, c3 = st.columns(3)
+            with c1:
+                old = st.selectbox("Group", names, key="explore_rename_from")
+                new = st.text_input("New name", key="explore_rename_to")
+                if st.button("Rename", key="explore_rename"):
+                    try:
+                        ex.rename_group(state, old, new)
+                        st.rerun(scope="fragment")
+                    except ValueError as err:
+                        st.error(str(err))
+            with c2:
+                doomed = st.selectbox("Group", names, key="explore_delete_which")
+                if st.button("Delete", key="explore_delete"):
+                    ex.delete_group(state, doomed)
+                    st.rerun(scope="fragment")
+            with c3:
+                parts = st.multiselect("Groups", names, key="explore_combine_which")
+                union = st.text_input("Name of the union", key="explore_combine_name")
+                if st.button("Combine", key="explore_combine"):
+                    try:
+                        ex.combine_groups(state, parts, union)
+                        st.rerun(scope="fragment")
+                    except ValueError as err:
+                        st.error(str(err))
+
+
+scatter_panel()
+
+# ---- Clusters ---------------------------------------------------------------------------------
+with st.container(border=True):
+    if "explore_resolution" not in st.session_state:
+        st.session_state["explore_resolution"] = float(state.leiden_resolution)
+    table = ex.cluster_table(state, run)
+    st.subheader(f"Leiden clusters: {len(table)} at resolution {state.leiden_resolution:g}")
+    left, right = st.columns([1, 1])
+    with left:
+        st.slider("Leiden resolution", 0.1, 3.0, step=0.1, key="explore_resolution",
+                  on_change=lambda: setattr(state, "leiden_resolution",
+                                            float(st.session_state["explore_resolution"])),
+                  help="Higher resolution gives more, smaller clusters.")
+        st.caption("Name clusters by typing in the 'name' column (e.g. 3 -> B cells). Names are "
+                   "shown on every plot and exported; clusters given the same name are merged.")
+        editor_key = f"explore_names_{run.run_id}_{state.leiden_resolution:g}"
+        st.data_editor(
+            table, key=editor_key, hide_index=True, width="stretch", disabled=["cluster", "cells"],
+            on_change=lambda: ex.apply_cluster_edits(state, list(table["cluster"]),
+                                                     st.session_state[editor_key]["edited_rows"]))
+    with right:
+        st.plotly_chart(cluster_sizes(ex.cluster_labels(state, run, filtered).array),
+                        width="stretch", key="explore_sizes")
+
+# ---- Batch correction -------------------------------------------------------------------------
+if run.batch_key is not None:
+    with st.container(border=True):
+        st.subheader(f"Batch correction ({run.batch_key})")
+        st.caption("The uncorrected data (PCA of log-normalised counts, then UMAP) beside the "
+                   "model's latent space, coloured by batch and by cluster, with batch-mixing "
+                   "scores for both.")
+        panel_key = f"explore_batch_{run.run_id}"
+        if st.button("Compare with the uncorrected data", key="explore_batch_button"):
+            st.session_state[panel_key] = True
+        if st.session_state.get(panel_key):
+            with st.spinner("Computing PCA and UMAP of the uncorrected data and batch-mixing "
+                            "scores..."):
+                comparison = ex.batch_comparison(state, run)
+            batches = ex.colouring(state, run, source="Annotation", name=run.batch_key)
+            cluster_colour = ex.colouring(state, run, source="Cluster")
+            clusters = ex.cluster_labels(state, run, filtered)
+            for label, coords_b in (("Uncorrected (PCA)", comparison.uncorrected_umap),
+                                    ("scVI latent", comparison.latent_umap)):
+                cols = st.columns(2)
+                for col, col_colour in zip(cols, (batches, cluster_colour)):
+                    col.plotly_chart(
+                        embedding_scatter(coords_b, colouring=col_colour, cells=filtered.obs_names,
+                                          clusters=clusters.array, point_size=2, opacity=0.8,
+                                          title=f"{label}: by {col_colour.label}", height=380),
+                        width="stretch", key=f"explore_batch_{label}_{col_colour.label}")
+            st.dataframe(ex.metrics_table(comparison), hide_index=True, width="stretch",
+                         column_config={"uncorrected (PCA)": st.column_config.NumberColumn(format="%.3f"),
+                                        "scVI latent": st.column_config.NumberColumn(format="%.3f")})

@@ -2,10 +2,115 @@
 
 import streamlit as st
 
+from dashboard import de as dede
+from dashboard import explore
+from dashboard import export as dexport
+from dashboard.de_figures import concordance_scatter, gene_violins, volcano
+from dashboard.state import get_state
+
+state = get_state()
 st.title("Export")
-st.info(
-    "This page will let you download the annotated dataset as .h5ad (opens in scanpy and "
-    "cellxgene), differential-expression tables as CSV, figures, and the trained model. "
-    "It needs a dataset (Data page) and, for most downloads, a trained run (Train page).",
-    icon=":material/construction:",
-)
+st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
+           "any spreadsheet, the model with `engine.cache.load_run`.")
+
+if state.filtered is None or state.dataset is None:
+    st.info("Load a dataset on the Data page first.")
+    st.stop()
+try:
+    run = explore.active_run(state)
+except ValueError as err:
+    st.warning(str(err))
+    st.stop()
+if run is None:
+    st.info("Train a model or pick a run on the Train page first.")
+    st.stop()
+stem = f"atlas_{run.run_id[:10]}"
+
+# ---- The annotated dataset ------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Dataset (.h5ad)")
+    st.markdown(
+        "`X`: log1p(counts per 10,000), what cellxgene displays · `layers['counts']`: raw counts · "
+        "`obsm['X_scVI']`: latent · `obsm['X_umap']`, `obsm['X_tsne']` (if computed) · "
+        "`obs['leiden']`: clusters with your names · `uns['atlas_run']`: run id, parameters, metrics.")
+    genes = st.radio("Genes", ["run", "all"], horizontal=True, key="export_genes",
+                     format_func={"run": f"the run's {len(run.var_names):,} genes (reopens with "
+                                         "`python -m engine de`)",
+                                  "all": f"all {state.filtered.n_vars:,} genes after QC"}.get)
+    if st.button("Prepare the .h5ad", key="export_prepare_h5ad"):
+        with st.spinner("Computing the UMAP and clusters if needed, writing the file..."):
+            explored = explore.explored_adata(state)
+            embeddings = {k: explored.obsm[k] for k in ("X_umap", "X_tsne") if k in explored.obsm}
+            adata = dexport.export_anndata(state.filtered, run, clusters=explored.obs["leiden"],
+                                           embeddings=embeddings, leiden=explored.uns["leiden"],
+                                           genes=genes)
+            st.session_state["export_h5ad"] = (run.run_id, genes, dexport.h5ad_bytes(adata))
+    prepared = st.session_state.get("export_h5ad")
+    if prepared is not None and prepared[:2] == (run.run_id, genes):
+        st.download_button("Download .h5ad", prepared[2], file_name=f"{stem}.h5ad",
+                           mime="application/x-hdf5", key="export_h5ad_download", type="primary",
+                           on_click="ignore")
+
+# ---- Differential expression ----------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Differential expression")
+    last = dede.last_result(state, run)
+    if last is None:
+        st.info("Run a comparison on the Differential expression page first.")
+    else:
+        request, result = last
+        session = dede.de_session()
+        table = result.table(delta=session.delta, fdr=session.fdr)
+        st.write(f"{request.comparison.describe()}: {int(table['is_de_fdr'].sum()):,} of "
+                 f"{len(table):,} genes DE (delta {session.delta:g}, FDR {session.fdr:g}).")
+        provenance = dede.provenance(request, result, delta=session.delta, fdr=session.fdr,
+                                     dataset=state.dataset.name)
+        st.download_button("Download the DE table (.csv)",
+                           dexport.de_csv_bytes(table, provenance=provenance),
+                           file_name=f"{stem}_de.csv", mime="text/csv", key="export_de_csv",
+                           on_click="ignore")
+        st.caption("Provenance lines start with '#': `pandas.read_csv(path, comment='#', index_col=0)`.")
+
+        # ---- Figures --------------------------------------------------------------------------------
+        st.markdown("**Figures**")
+        names = request.comparison.names()
+        mask1, mask2 = dede.request_masks(state, run, request)
+        figures = {"volcano": volcano(table, delta=session.delta if result.mode == "change" else None,
+                                      group_names=names, selected=session.selected_gene)}
+        if session.selected_gene is not None:
+            gene, values = dede.gene_values(state, run, session.selected_gene)
+            figures[f"violins_{gene}"] = gene_violins(
+                {names[0]: values[mask1], names[1]: values[mask2]}, gene=gene)
+        wilcoxon_table = dede.wilcoxon(state, mask1, mask2, run)
+        figures["concordance"] = concordance_scatter(table, wilcoxon_table)
+        f1, f2 = st.columns(2)
+        name = f1.selectbox("Figure", list(figures), key="export_figure")
+        fmt = f2.radio("Format", ["html", "png", "svg"], horizontal=True, key="export_format",
+                       help="HTML is interactive and self-contained (plotly.js embedded). PNG and "
+                            "SVG are drawn by the local Chromium (a few seconds).")
+        if fmt == "html":
+            st.download_button("Download figure", dexport.figure_html(figures[name]),
+                               file_name=f"{stem}_{name}.html", mime="text/html",
+                               key="export_figure_download", on_click="ignore")
+        elif st.button("Render figure", key="export_render"):
+            try:
+                with st.spinner("Rendering with Chromium..."):
+                    image = dexport.figure_image(figures[name], fmt=fmt)
+                st.download_button("Download figure", image, file_name=f"{stem}_{name}.{fmt}",
+                                   mime="image/png" if fmt == "png" else "image/svg+xml",
+                                   key="export_figure_download", on_click="ignore")
+            except Exception as err:  # noqa: BLE001 - kaleido/Chromium fail in many ways; HTML still works
+                st.error(f"Static export failed ({err}). Download the HTML version instead.")
+
+# ---- The model --------------------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Model bundle (.zip)")
+    st.markdown(f"The run folder: weights (`model.pt`), `run.json` (parameters, genes, metrics), "
+                f"`history.csv`, `latent.npy`. Unzip it into a folder `F` and load it with "
+                f"`engine.cache.load_run(F, '{run.run_id}')`.")
+    try:
+        st.download_button("Download the model bundle", dexport.run_bundle(run),
+                           file_name=f"{stem}_model.zip", mime="application/zip",
+                           key="export_bundle", on_click="ignore")
+    except ValueError as err:
+        st.error(str(err))

@@ -98,3 +98,35 @@ def browser_page():
         yield page
         context.close()
         browser.close()
+
+
+# ---- A trained run for page tests -----------------------------------------------------------------
+QUICK_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def run_cache(tmp_path_factory) -> Path:
+    """One run cache for the whole test session; the dashboard finds it through ATLAS_CACHE_DIR."""
+    path = tmp_path_factory.mktemp("atlas-runs")
+    os.environ["ATLAS_CACHE_DIR"] = str(path)
+    return path
+
+
+def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: str | None = "donor"):
+    """An AppTest of the dashboard with the small Kang fixture uploaded and a quickly trained run
+    (QUICK_EPOCHS epochs, cached across tests) made active. Returns (AppTest, AppState, Run)."""
+    from streamlit.testing.v1 import AppTest
+
+    from engine.fit import fit
+    from engine.params import RunParams
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    at.run()
+    at.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(),
+                                   "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    state = at.session_state["atlas_state"]
+    run = fit(state.filtered.copy(), params=RunParams(max_epochs=QUICK_EPOCHS, seed=0),
+              batch_key=batch_key, cache_dir=run_cache)
+    state.active_run_id = run.run_id
+    return at, state, run

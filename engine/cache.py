@@ -1,0 +1,315 @@
+"""The run cache: one folder per trained model, named by a hash of everything that determines it.
+
+``cache_dir/<run_id>/`` holds ``model.pt`` (the ``state_dict``, loaded with ``weights_only=True``),
+``run.json`` (parameters, metrics, batch categories, genes, data hash), ``history.csv`` (one row per
+epoch) and ``latent.npy`` (posterior means). A run is written into ``cache_dir/.tmp-<run_id>-<random>/``
+and renamed into place in one ``os.replace``, so a crash never leaves a folder that looks finished.
+:func:`run_lock` serialises training of one run id across processes (``fcntl`` advisory lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from engine.model import VAE
+from engine.params import DISPERSED_LIKELIHOODS, RunParams
+
+__all__ = [
+    "MODEL_FORMAT_VERSION",
+    "CorruptRunError",
+    "Run",
+    "RunInfo",
+    "cells_hash",
+    "counts_matrix",
+    "data_hash",
+    "has_run",
+    "delete_run",
+    "list_runs",
+    "load_run",
+    "run_id",
+    "run_lock",
+    "save_run",
+]
+
+#: Bump when the module layout or the meaning of a parameter changes: old runs then miss the cache.
+MODEL_FORMAT_VERSION = 1
+TMP_PREFIX = ".tmp-"
+FILES = ("model.pt", "run.json", "history.csv", "latent.npy")
+
+
+class CorruptRunError(ValueError):
+    """A run folder exists but cannot be read (truncated weights, broken JSON, missing file)."""
+
+
+@dataclass
+class Run:
+    """A trained model with its provenance.
+
+    ``metrics`` holds: seed, versions (torch, numpy, engine), train_seconds, seconds_per_epoch,
+    n_epochs_trained, best_epoch, lr, device, elbo_validation, reconstruction_validation,
+    kl_validation (None without a validation set), n_cells, n_genes, data_hash, created (ISO date).
+    ``history`` has one row per epoch with the :class:`~engine.training.EpochReport` fields;
+    ``latent`` is the posterior mean of every training cell (n_cells, n_latent); ``module`` is
+    in eval mode on the CPU; ``path`` is the cache folder (None when not cached).
+    """
+
+    run_id: str
+    params: RunParams
+    batch_key: str | None
+    batch_categories: list[str] | None
+    var_names: list[str]
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    latent: np.ndarray
+    module: VAE
+    path: Path | None
+
+    @property
+    def n_batch(self) -> int:
+        return len(self.batch_categories) if self.batch_categories else 1
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of the run history table (read from ``run.json`` only: no weights loaded)."""
+
+    run_id: str
+    params: RunParams
+    metrics: dict[str, Any]
+    batch_key: str | None
+    data_hash: str
+    created: str
+    path: Path
+
+
+# ------------------------------------------------------------------------------------------ hashing
+def counts_matrix(adata: AnnData) -> sp.csr_matrix:
+    """The raw counts used for training: ``layers["counts"]``, else ``X``, as canonical CSR float32."""
+    matrix = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    if matrix is None:
+        raise ValueError("adata has neither layers['counts'] nor X: load a count matrix first")
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()  # also sorts the indices
+    return csr
+
+
+def _hash_counts(h: Any, counts: sp.csr_matrix, var_names: list[str]) -> None:
+    h.update(np.asarray(counts.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(counts.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(counts.indices, dtype=np.int32).tobytes())
+    h.update(np.ascontiguousarray(counts.data, dtype=np.float32).tobytes())
+    h.update(json.dumps(list(map(str, var_names))).encode())
+
+
+def data_hash(adata: AnnData) -> str:
+    """Hash of the counts (content of the CSR arrays) and the gene names; 32 hex characters."""
+    h = hashlib.blake2b(digest_size=16)
+    _hash_counts(h, counts_matrix(adata), list(adata.var_names))
+    return h.hexdigest()
+
+
+def cells_hash(adata: AnnData) -> str:
+    """Hash of the cell names in order: tells which runs were trained on exactly these cells
+    (whatever genes they used), so their latent lines up with ``adata``'s rows."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(list(map(str, adata.obs_names))).encode())
+    return h.hexdigest()
+
+
+def _relevant_params(params: RunParams) -> dict[str, Any]:
+    """The options that change the trained model: drop those the chosen model ignores."""
+    values = params.to_dict()
+    if params.likelihood not in DISPERSED_LIKELIHOODS:
+        values.pop("dispersion")
+    if params.prior != "mixture":
+        values.pop("n_components")
+    if not params.early_stopping:
+        values.pop("patience")
+    return values
+
+
+def run_id(adata: AnnData, *, params: RunParams, batch_key: str | None) -> str:
+    """Identifier of the run ``fit(adata, params=params, batch_key=batch_key)`` would produce."""
+    return run_id_from_hash(data_hash(adata), params=params, batch_labels=_batch_labels(adata, batch_key))
+
+
+def run_id_from_hash(data_hash_: str, *, params: RunParams, batch_labels: list[str] | None) -> str:
+    """:func:`run_id` from an already computed :func:`data_hash` and the per-cell batch labels."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(f"format={MODEL_FORMAT_VERSION};data={data_hash_};".encode())
+    h.update(json.dumps(_relevant_params(params), sort_keys=True).encode())
+    h.update(json.dumps(batch_labels).encode())
+    return h.hexdigest()
+
+
+def _batch_labels(adata: AnnData, batch_key: str | None) -> list[str] | None:
+    if batch_key is None:
+        return None
+    if batch_key not in adata.obs:
+        raise ValueError(
+            f"batch_key={batch_key!r} is not a column of adata.obs; available: {', '.join(map(str, adata.obs.columns))}"
+        )
+    return adata.obs[batch_key].astype(str).tolist()
+
+
+# ------------------------------------------------------------------------------------- read/write
+def save_run(run: Run, cache_dir: str | os.PathLike[str], *, data_hash_: str) -> Path:
+    """Write ``run`` atomically to ``cache_dir/<run_id>/`` (replacing a previous folder) and return it."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / run.run_id
+    tmp = cache_dir / f"{TMP_PREFIX}{run.run_id}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        torch.save(run.module.state_dict(), tmp / "model.pt")
+        np.save(tmp / "latent.npy", run.latent)
+        run.history.to_csv(tmp / "history.csv", index=False)
+        info = {
+            "format_version": MODEL_FORMAT_VERSION,
+            "run_id": run.run_id,
+            "data_hash": data_hash_,
+            "params": run.params.to_dict(),
+            "metrics": run.metrics,
+            "batch_key": run.batch_key,
+            "batch_categories": run.batch_categories,
+            "var_names": run.var_names,
+        }
+        # run.json last: its presence in a complete folder is what makes a run
+        (tmp / "run.json").write_text(json.dumps(info, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    run.path = final
+    return final
+
+
+def has_run(cache_dir: str | os.PathLike[str], run_id: str) -> bool:
+    """Whether a finished run folder exists (cheap: reads nothing)."""
+    return (Path(cache_dir) / run_id / "run.json").is_file()
+
+
+def load_run(cache_dir: str | os.PathLike[str], run_id: str) -> Run | None:
+    """Load a cached run, or None when there is none. Raises :class:`CorruptRunError` when unreadable."""
+    path = Path(cache_dir) / run_id
+    if not path.is_dir():
+        return None
+    info = _read_info(path)
+    try:
+        params = RunParams.from_dict(info["params"])
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        categories = info["batch_categories"]
+        module = VAE(len(info["var_names"]), len(categories) if categories else 1, params)
+        module.load_state_dict(state)
+        module.eval()
+        latent = np.load(path / "latent.npy")
+        history = pd.read_csv(path / "history.csv")
+    except CorruptRunError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to read means the folder is unusable
+        raise CorruptRunError(
+            f"run {run_id} in {path} is corrupt ({type(err).__name__}: {err}); delete it with "
+            "engine.cache.delete_run or train again (fit replaces it)"
+        ) from err
+    return Run(
+        run_id=run_id,
+        params=params,
+        batch_key=info["batch_key"],
+        batch_categories=categories,
+        var_names=info["var_names"],
+        metrics=info["metrics"],
+        history=history,
+        latent=latent,
+        module=module,
+        path=path,
+    )
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((path / "run.json").read_text())
+        missing = [f for f in FILES if not (path / f).is_file()]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        for key in ("params", "metrics", "batch_key", "batch_categories", "var_names", "data_hash"):
+            info[key]  # noqa: B018 - KeyError when absent
+    except Exception as err:  # noqa: BLE001
+        raise CorruptRunError(
+            f"run folder {path} is corrupt ({type(err).__name__}: {err}); delete it with "
+            "engine.cache.delete_run or train again (fit replaces it)"
+        ) from err
+    return info
+
+
+def list_runs(cache_dir: str | os.PathLike[str], *, data_hash: str | None = None) -> list[RunInfo]:
+    """Finished runs in ``cache_dir``, newest first; only those of ``data_hash`` when given.
+
+    Unfinished (``.tmp-``) and corrupt folders are left out.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    runs = []
+    for path in cache_dir.iterdir():
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        try:
+            info = _read_info(path)
+            params = RunParams.from_dict(info["params"])
+        except (CorruptRunError, ValueError, TypeError):
+            continue
+        if data_hash is not None and info["data_hash"] != data_hash:
+            continue
+        runs.append(
+            RunInfo(
+                run_id=info["run_id"],
+                params=params,
+                metrics=info["metrics"],
+                batch_key=info["batch_key"],
+                data_hash=info["data_hash"],
+                created=info["metrics"].get("created", ""),
+                path=path,
+            )
+        )
+    return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def delete_run(cache_dir: str | os.PathLike[str], run_id: str) -> None:
+    """Remove a run folder (no error when it does not exist)."""
+    path = Path(cache_dir) / run_id
+    if path.name != run_id or run_id.startswith("."):
+        raise ValueError(f"{run_id!r} is not a run id")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def run_lock(cache_dir: str | os.PathLike[str], run_id: str) -> Iterator[None]:
+    """Exclusive advisory lock on ``cache_dir/<run_id>.lock`` (blocks until free; also across threads)."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f"{run_id}.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,122 @@
+"""``python -m engine de``: Bayesian differential expression of two groups, written as CSV.
+
+Example::
+
+    python -m engine de trained.h5ad --cache-dir runs --groupby cell_type \\
+        --group1 "B cells" --group2 rest --out b_cells.csv
+
+``IN.h5ad`` is a file written by ``python -m engine train``: its ``uns["atlas_run"]["run_id"]``
+names the trained run in ``--cache-dir``. The CSV starts with ``# key: value`` provenance lines;
+read it with ``pandas.read_csv(path, comment="#", index_col=0)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import get_args
+
+from engine.de import Mode, groups_from_obs, write_de_csv
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``de`` command."""
+    parser = subparsers.add_parser(
+        "de",
+        help="differential expression between two groups of cells with a trained run",
+        description="Bayesian differential expression (scVI 'change' or 'vanilla' mode) between "
+        "two groups of cells, written as a CSV table, one row per gene.",
+    )
+    parser.add_argument("input", type=Path, metavar="IN.h5ad", help="AnnData written by 'python -m engine train'")
+    parser.add_argument("--cache-dir", type=Path, required=True, help="run cache the model was trained into")
+    parser.add_argument("--groupby", required=True, help="obs column defining the groups, e.g. cell_type")
+    parser.add_argument("--group1", required=True, help="value of --groupby for group 1")
+    parser.add_argument("--group2", required=True, help="value of --groupby for group 2, or 'rest' for all other cells")
+    parser.add_argument(
+        "--within",
+        metavar="COL=VALUE",
+        help="restrict both groups to cells with obs[COL] == VALUE, e.g. leiden=3",
+    )
+    parser.add_argument("--mode", choices=get_args(Mode), default="change", help="decision rule (default: change)")
+    parser.add_argument("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts (change mode)")
+    parser.add_argument("--fdr", type=float, default=0.05, help="target posterior expected FDR for is_de_fdr")
+    parser.add_argument("--max-cells-per-group", type=int, default=500, help="cells drawn per group for posterior sampling")
+    parser.add_argument(
+        "--batch-correction",
+        action="store_true",
+        help="compare groups in every batch of the run and pair like with like (needs a batch key)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
+
+
+def parse_within(text: str | None) -> tuple[str, str] | None:
+    """``"leiden=3"`` -> ``("leiden", "3")``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    column, sep, value = text.partition("=")
+    if not sep or not column or not value:
+        raise ValueError(f"--within expects COL=VALUE (e.g. leiden=3), got {text!r}")
+    return column, value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``de`` command; bad input raises ValueError (exit code 2)."""
+    import anndata as ad
+
+    # The model stack (torch) is imported only when the command runs, not for --help.
+    from engine.cache import load_run
+    from engine.de import differential_expression
+
+    within = parse_within(args.within)
+    if not args.input.is_file():
+        raise ValueError(f"{args.input} not found")
+    adata = ad.read_h5ad(args.input)
+    run_id = adata.uns.get("atlas_run", {}).get("run_id")
+    if run_id is None:
+        raise ValueError(
+            f"{args.input} has no uns['atlas_run']['run_id']: train it first with "
+            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
+        )
+    trained = load_run(args.cache_dir, str(run_id))
+    if trained is None:
+        raise ValueError(
+            f"run {run_id} not found in {args.cache_dir}: train it first with "
+            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
+        )
+    group1, group2 = groups_from_obs(
+        adata, groupby=args.groupby, group1=args.group1, group2=args.group2, within=within
+    )
+    result = differential_expression(
+        trained,
+        adata,
+        group1=group1,
+        group2=group2,
+        mode=args.mode,
+        delta=args.delta,
+        fdr=args.fdr,
+        max_cells_per_group=args.max_cells_per_group,
+        batch_correction=args.batch_correction,
+        seed=args.seed,
+    )
+    for note in result.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    table = result.table()
+    provenance: dict[str, object] = {
+        "run_id": run_id,
+        "input": args.input.name,
+        "groupby": args.groupby,
+        "group1": args.group1,
+        "group2": args.group2,
+        "within": args.within or "all cells",
+        "delta": result.delta,
+        "fdr": result.fdr,
+        **result.provenance(),
+    }
+    write_de_csv(table, args.out, provenance=provenance)
+    print(
+        f"wrote {args.out}: {len(table)} genes, {int(table['is_de_fdr'].sum())} DE at FDR {result.fdr} "
+        f"({args.group1}: {result.n_cells_1} cells vs {args.group2}: {result.n_cells_2} cells)"
+    )
+    return 0

@@ -1,0 +1,71 @@
+"""Diagnostics to compare trained runs: held-out fit, latent activity, posterior predictive checks.
+
+Used by the Train page to choose between likelihoods on evidence: a model that fits the counts
+reproduces, gene by gene, their fraction of zeros and their variance-to-mean ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from .inference import heldout_elbo, latent_activity, posterior_predictive
+from .params import COUNT_LIKELIHOODS
+
+
+@dataclass(frozen=True)
+class PredictiveCheck:
+    """Per-gene statistics of observed counts and of counts sampled from the model, same cells."""
+
+    genes: np.ndarray
+    observed_zero_fraction: np.ndarray
+    sampled_zero_fraction: np.ndarray
+    observed_mean: np.ndarray
+    sampled_mean: np.ndarray
+    observed_variance: np.ndarray
+    sampled_variance: np.ndarray
+    n_cells: int
+
+
+@dataclass(frozen=True)
+class RunDiagnostics:
+    elbo: float
+    reconstruction: float
+    kl: float
+    activity: np.ndarray
+    check: PredictiveCheck | None  # None for the Gaussian likelihood, which does not model counts
+
+
+def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
+                               seed: int = 0) -> PredictiveCheck:
+    """Compare per-gene zero fraction, mean and variance of observed counts with one posterior
+    predictive sample of the same (at most ``n_cells``, seeded random) cells."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(adata.n_obs, min(n_cells, adata.n_obs), replace=False))
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    observed = counts[idx]
+    observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
+    sampled = posterior_predictive(run, adata, indices=idx, n_samples=1, seed=seed)[0]
+    names = adata.var["display_name"] if "display_name" in adata.var else adata.var_names
+    return PredictiveCheck(
+        genes=np.asarray(names, dtype=str),
+        observed_zero_fraction=(observed == 0).mean(axis=0),
+        sampled_zero_fraction=(sampled == 0).mean(axis=0),
+        observed_mean=observed.mean(axis=0), sampled_mean=sampled.mean(axis=0),
+        observed_variance=observed.var(axis=0), sampled_variance=sampled.var(axis=0),
+        n_cells=len(idx),
+    )
+
+
+def diagnose(run, adata: ad.AnnData, *, n_cells: int = 1000, seed: int = 0) -> RunDiagnostics:
+    """Held-out ELBO parts (on the run's validation cells when known), latent activity and, for
+    count likelihoods, a posterior predictive check."""
+    parts = heldout_elbo(run, adata)
+    check = (posterior_predictive_check(run, adata, n_cells=n_cells, seed=seed)
+             if run.params.likelihood in COUNT_LIKELIHOODS else None)
+    return RunDiagnostics(elbo=float(parts.elbo), reconstruction=float(parts.reconstruction),
+                          kl=float(parts.kl), activity=np.asarray(latent_activity(run, adata)),
+                          check=check)

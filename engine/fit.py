@@ -1,0 +1,211 @@
+"""``fit``: train (or load from the run cache) an scVI-style model on an AnnData.
+
+::
+
+    from engine.fit import fit
+    from engine.params import RunParams
+    run = fit(adata, params=RunParams(likelihood="nb", max_epochs=50), batch_key="donor",
+              cache_dir=".atlas/runs")
+    adata.obsm["X_scVI"]          # posterior means, (n_cells, n_latent)
+    adata.uns["atlas_run"]        # run id, parameters, metrics, history
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+import engine
+from engine.cache import (
+    CorruptRunError,
+    Run,
+    cells_hash,
+    counts_matrix,
+    data_hash,
+    delete_run,
+    load_run,
+    run_id_from_hash,
+    run_lock,
+    save_run,
+)
+from engine.counts import check_counts
+from engine.inference import posterior_means
+from engine.params import COUNT_LIKELIHOODS, RunParams
+from engine.training import EpochReport, evaluate, train
+from engine.model import iterate_minibatches
+
+__all__ = ["fit", "training_inputs", "write_to_adata"]
+
+# History longer than this many epochs is left out of uns["atlas_run"] (it stays in the cache).
+MAX_HISTORY_IN_UNS = 10_000
+
+
+def training_inputs(
+    adata: AnnData, *, params: RunParams, batch_key: str | None
+) -> tuple[sp.csr_matrix, np.ndarray, list[str] | None]:
+    """Checked counts (CSR float32), batch codes and batch categories for training on ``adata``."""
+    counts = counts_matrix(adata)
+    source = "layers['counts']" if "counts" in adata.layers else "X"
+    if params.likelihood in COUNT_LIKELIHOODS:
+        check = check_counts(counts, name=source)
+        if not check.is_counts:
+            raise ValueError(
+                f"{check.message} (or choose likelihood='gaussian', which models log-normalised data)"
+            )
+    else:
+        if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
+            raise ValueError(f"{source} holds negative or non-finite values: the gaussian likelihood needs "
+                             "non-negative counts (it normalises them itself)")
+    empty = int((np.diff(counts.indptr) == 0).sum())
+    if empty:
+        raise ValueError(
+            f"{empty:,} cells have no counts: filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
+        )
+    if batch_key is None:
+        return counts, np.zeros(adata.n_obs, dtype=np.int64), None
+    if batch_key not in adata.obs:
+        raise ValueError(
+            f"batch_key={batch_key!r} is not a column of adata.obs; available: {', '.join(map(str, adata.obs.columns))}"
+        )
+    column = adata.obs[batch_key]
+    if column.isna().any():
+        raise ValueError(f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing labels: fill or drop them")
+    labels = column.astype(str)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = [str(c) for c in column.cat.categories if str(c) in set(labels)]
+    else:
+        categories = sorted(set(labels))
+    lookup = {c: i for i, c in enumerate(categories)}
+    codes = labels.map(lookup).to_numpy(dtype=np.int64)
+    return counts, codes, categories
+
+
+def fit(
+    adata: AnnData,
+    *,
+    params: RunParams = RunParams(),
+    batch_key: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+) -> Run:
+    """Train a model on the counts of ``adata`` (or load the identical run from ``cache_dir``).
+
+    Counts come from ``layers["counts"]``, else ``X``; count likelihoods refuse anything but raw
+    counts. With ``cache_dir`` the run is looked up by :func:`engine.cache.run_id` first (under a
+    file lock, so concurrent callers train it once) and saved atomically after training; a corrupt
+    cached run is retrained and replaced. ``on_epoch`` / ``should_stop``: see
+    :func:`engine.training.train` (cancelling raises :class:`~engine.training.TrainingCancelled` and
+    saves nothing). Writes ``adata.obsm["X_scVI"]`` and ``adata.uns["atlas_run"]``.
+    """
+    counts, codes, categories = training_inputs(adata, params=params, batch_key=batch_key)
+    var_names = [str(v) for v in adata.var_names]
+    dhash = data_hash(adata)
+    labels = None if categories is None else [categories[c] for c in codes]
+    rid = run_id_from_hash(dhash, params=params, batch_labels=labels)
+    if cache_dir is None:
+        run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device)
+        run.metrics["cells_hash"] = cells_hash(adata)
+    else:
+        with run_lock(cache_dir, rid):
+            try:
+                run = load_run(cache_dir, rid)
+            except CorruptRunError:
+                delete_run(cache_dir, rid)
+                run = None
+            if run is None:
+                run = _train_run(
+                    counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device
+                )
+                run.metrics["cells_hash"] = cells_hash(adata)
+                save_run(run, cache_dir, data_hash_=dhash)
+    write_to_adata(adata, run)
+    return run
+
+
+def _train_run(
+    counts: sp.csr_matrix,
+    codes: np.ndarray,
+    categories: list[str] | None,
+    var_names: list[str],
+    params: RunParams,
+    rid: str,
+    dhash: str,
+    batch_key: str | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+    should_stop: Callable[[], bool] | None,
+    device: str,
+) -> Run:
+    n_batch = len(categories) if categories else 1
+    result = train(counts, codes, n_batch, params, on_epoch=on_epoch, should_stop=should_stop, device=device)
+    module = result.module
+    elbo = rec = kl = None
+    if len(result.validation_indices):
+        device_ = next(module.parameters()).device
+        mbs = list(iterate_minibatches(counts, codes, result.validation_indices, 1024, device_))
+        # seed 0 as in engine.inference.heldout_elbo, so both report the same number
+        elbo, rec, kl = evaluate(module, mbs, torch.Generator(device=device_).manual_seed(0))
+    used_device = str(next(module.parameters()).device)
+    module = module.cpu().eval()
+    latent = posterior_means(module, counts, codes)
+    history = pd.DataFrame([vars(r) for r in result.history])
+    metrics = {
+        "seed": params.seed,
+        "versions": {"torch": str(torch.__version__), "numpy": str(np.__version__), "engine": str(engine.__version__)},
+        "train_seconds": result.seconds,
+        "seconds_per_epoch": float(history["seconds"].mean()),
+        "n_epochs_trained": result.n_epochs_trained,
+        "best_epoch": result.best_epoch,
+        "lr": result.lr,
+        "device": used_device,
+        "elbo_validation": elbo,
+        "reconstruction_validation": rec,
+        "kl_validation": kl,
+        "n_cells": int(counts.shape[0]),
+        "n_genes": int(counts.shape[1]),
+        "data_hash": dhash,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not np.isfinite(latent).all():
+        raise ValueError("training produced a non-finite latent space; nothing was saved (try a lower lr)")
+    return Run(
+        run_id=rid,
+        params=params,
+        batch_key=batch_key,
+        batch_categories=categories,
+        var_names=var_names,
+        metrics=metrics,
+        history=history,
+        latent=latent,
+        module=module,
+        path=None,
+    )
+
+
+def write_to_adata(adata: AnnData, run: Run) -> None:
+    """Store ``run.latent`` in ``obsm["X_scVI"]`` and the provenance in ``uns["atlas_run"]`` (h5ad-safe)."""
+    adata.obsm["X_scVI"] = run.latent.astype(np.float32)
+    info = {
+        "run_id": run.run_id,
+        "params": _without_none(run.params.to_dict()),
+        "metrics": _without_none(run.metrics),
+    }
+    if run.batch_key is not None:
+        info["batch_key"] = run.batch_key
+    if len(run.history) <= MAX_HISTORY_IN_UNS:
+        info["history"] = {col: run.history[col].to_numpy(dtype=float) for col in run.history.columns}
+    adata.uns["atlas_run"] = info
+
+
+def _without_none(values: dict) -> dict:
+    # h5ad cannot store None: leave such entries out (a reader treats absent as "not applicable")
+    return {k: (_without_none(v) if isinstance(v, dict) else v) for k, v in values.items() if v is not None}

@@ -1,0 +1,62 @@
+"""A real browser trains a small data set briefly, opens Explore, draws a lasso and saves a group."""
+
+import re
+
+import pytest
+
+from .conftest import ARTIFACTS, FIXTURES
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+EPOCHS = 3
+
+
+def train_quickly(page) -> None:
+    page.get_by_role("link", name="Train").click()
+    page.get_by_text("Advanced").click()
+    page.get_by_text("Epochs: automatic").click()
+    epochs = page.get_by_label("Epochs (if not automatic)")
+    epochs.fill(str(EPOCHS))
+    epochs.press("Tab")
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
+
+
+def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
+    page = browser_page
+    page.goto(dashboard_url)
+    page.get_by_text("12,261", exact=True).first.wait_for()
+    # The small fixture (1,145 cells) keeps training and the first UMAP quick on CI machines.
+    page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
+    page.get_by_text("1,145", exact=True).first.wait_for()
+    train_quickly(page)
+
+    page.get_by_role("link", name="Explore").click()
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution 1")).wait_for()
+
+    # Choose the lasso tool in the modebar, then draw a closed loop around the plot's centre.
+    plot.hover()
+    plot.locator('.modebar-btn[data-title="Lasso Select"]').click()
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    rx, ry = box["width"] * 0.3, box["height"] * 0.3
+    page.mouse.move(cx - rx, cy - ry)
+    page.mouse.down()
+    for x, y in ((cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry), (cx - rx, cy - ry + 5)):
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+
+    save = page.get_by_role("button", name=re.compile(r"Save selection as group \([\d,]+ cells\)"))
+    save.wait_for()
+    n_selected = int(re.search(r"\(([\d,]+) cells\)", save.inner_text()).group(1).replace(",", ""))
+    assert n_selected > 20  # a lasso over the middle 60% of the UMAP catches many cells
+    page.get_by_label("Group name").fill("lasso group")
+    page.get_by_label("Group name").press("Tab")
+    save.click()
+    page.get_by_text(f"Saved group 'lasso group' with {n_selected:,} cells.").wait_for()
+    listed = page.locator('[data-testid="stTable"]').get_by_text("lasso group", exact=True)
+    listed.wait_for()
+    assert page.locator('[data-testid="stTable"]').get_by_text(f"{n_selected:,}").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "explore_lasso_group.png"), full_page=True)

@@ -1,0 +1,404 @@
+"""Bayesian differential expression (engine.de) and the Wilcoxon reference (engine.wilcoxon)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+import torch
+
+from engine.de import (
+    DEResult,
+    check_groups,
+    differential_expression,
+    estimate_pseudocount,
+    fdr_calls,
+    groups_from_obs,
+    summarize_lfc,
+    write_de_csv,
+)
+from engine.fit import fit
+from engine.params import RunParams
+from engine.wilcoxon import concordance, wilcoxon
+from tests.conftest import shared_file
+
+
+@pytest.fixture(scope="module")
+def kang_small(kang_small_path) -> ad.AnnData:
+    adata = ad.read_h5ad(kang_small_path)
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+# ---------------------------------------------------------------- decisions from LFC samples
+
+
+def test_fdr_calls_follow_the_posterior_expected_fdr():
+    proba = np.array([0.99, 0.5, 0.97, 0.9, 0.2])
+    # Sorted: 0.99, 0.97, 0.9, 0.5, 0.2 -> running mean of 1 - p: 0.01, 0.02, 0.047, 0.16, 0.29.
+    assert fdr_calls(proba, fdr=0.05).tolist() == [True, False, True, True, False]
+    assert fdr_calls(proba, fdr=0.015).tolist() == [True, False, False, False, False]
+    assert not fdr_calls(proba, fdr=0.005).any()
+
+
+def _synthetic_result(mode: str, *, fold: float = 4.0, sigma: float = 0.3, seed: int = 0) -> DEResult:
+    """Two groups of log-normal draws: gene 0 is ``fold`` times higher in group 1, genes 1-3 equal."""
+    rng = np.random.default_rng(seed)
+    n_draws, n_genes = 4000, 4
+    base = np.array([100.0, 50.0, 200.0, 80.0])
+    draws2 = base * np.exp(sigma * rng.standard_normal((n_draws, n_genes)))
+    draws1 = base * np.exp(sigma * rng.standard_normal((n_draws, n_genes)))
+    draws1[:, 0] *= fold
+    none = np.zeros(n_genes, dtype=bool)
+    summary = summarize_lfc(
+        [draws1.astype(np.float32)],
+        [draws2.astype(np.float32)],
+        not_expressed_1=none,
+        not_expressed_2=none,
+        n_pairs_per_batch=20000,
+        credible_level=0.9,
+        rng=rng,
+    )
+    per_gene = np.zeros(n_genes)
+    return DEResult(
+        var_names=pd.Index([f"g{i}" for i in range(n_genes)]),
+        gene=np.array([f"G{i}" for i in range(n_genes)]),
+        mode=mode,
+        delta=0.25,
+        fdr=0.05,
+        lfc_sorted=summary.lfc_sorted,
+        lfc_mean=summary.lfc_mean,
+        lfc_median=summary.lfc_median,
+        lfc_std=summary.lfc_std,
+        lfc_low=summary.lfc_low,
+        lfc_high=summary.lfc_high,
+        credible_level=0.9,
+        mean_norm_1=draws1.mean(0),
+        mean_norm_2=draws2.mean(0),
+        mean_counts_1=per_gene,
+        mean_counts_2=per_gene,
+        frac_expr_1=per_gene,
+        frac_expr_2=per_gene,
+        n_cells_1=100,
+        n_cells_2=100,
+        n_sampled_1=100,
+        n_sampled_2=100,
+        pseudocount=summary.pseudocount,
+        n_samples=n_draws,
+        n_pairs=20000,
+        batch_correction=False,
+        seed=seed,
+    )
+
+
+def test_lfc_distribution_matches_the_lognormal_reference():
+    result = _synthetic_result("change")
+    # log2 rho ~ N(., (sigma / ln 2)^2) in each group, so the LFC is normal with sd sqrt(2) sigma / ln 2.
+    sd = np.sqrt(2) * 0.3 / np.log(2)
+    assert result.pseudocount == pytest.approx(0.1)  # no unexpressed gene: scVI's floor
+    assert result.lfc_mean[0] == pytest.approx(2.0, abs=0.03)
+    assert np.abs(result.lfc_mean[1:]).max() < 0.03
+    assert result.lfc_std == pytest.approx(np.full(4, sd), rel=0.05)
+    z90 = scipy.stats.norm.ppf(0.95)
+    assert result.lfc_low[0] == pytest.approx(2.0 - z90 * sd, abs=0.05)
+    assert result.lfc_high[0] == pytest.approx(2.0 + z90 * sd, abs=0.05)
+    assert np.all(np.diff(result.lfc_sorted, axis=1) >= 0)
+    assert result.lfc_sorted.shape == (4, 1000) and result.lfc_sorted.dtype == np.float32
+
+    for delta in (0.25, 1.0, 2.0):
+        table = result.table(delta=delta).loc[[f"g{i}" for i in range(4)]]
+        # proba_de = max(P(LFC >= delta), P(LFC < -delta)) for a normal LFC.
+        up = scipy.stats.norm.sf(delta, loc=[2.0, 0, 0, 0], scale=sd)
+        down = scipy.stats.norm.cdf(-delta, loc=[2.0, 0, 0, 0], scale=sd)
+        assert table["proba_de"].to_numpy() == pytest.approx(np.maximum(up, down), abs=0.02)
+    table = result.table(delta=0.25)
+    assert table.index[0] == "g0" and table.loc["g0", "bayes_factor"] > 3
+    assert table["is_de_fdr"].tolist() == [True, False, False, False]
+    assert list(table.columns) == [
+        "gene", "lfc_mean", "lfc_median", "lfc_std", "lfc_low", "lfc_high", "proba_de",
+        "bayes_factor", "is_de_fdr", "mean_norm_1", "mean_norm_2", "mean_counts_1",
+        "mean_counts_2", "frac_expr_1", "frac_expr_2",
+    ]  # fmt: skip
+
+
+def test_vanilla_mode_is_the_probability_of_the_favoured_direction():
+    result = _synthetic_result("vanilla", fold=1.2)
+    table = result.table().loc[["g0", "g1"]]
+    sd = np.sqrt(2) * 0.3 / np.log(2)
+    p_up = scipy.stats.norm.sf(0, loc=np.log2(1.2), scale=sd)
+    assert table.loc["g0", "proba_de"] == pytest.approx(p_up, abs=0.02)
+    assert table.loc["g0", "bayes_factor"] == pytest.approx(np.log(p_up / (1 - p_up)), abs=0.1)
+    assert table.loc["g1", "proba_de"] == pytest.approx(0.5, abs=0.03)
+    # delta plays no part in vanilla mode
+    pd.testing.assert_frame_equal(result.table(delta=0.0), result.table(delta=3.0))
+
+
+def test_higher_delta_calls_fewer_genes():
+    result = _synthetic_result("change", fold=1.6, sigma=0.1)
+    calls = [int(result.table(delta=d, fdr=0.05)["is_de_fdr"].sum()) for d in (0.0, 0.25, 1.0, 3.0)]
+    assert calls == sorted(calls, reverse=True)
+    assert calls[0] >= 1 and calls[-1] == 0
+
+
+def test_table_refuses_bad_thresholds():
+    result = _synthetic_result("change")
+    with pytest.raises(ValueError, match="delta"):
+        result.table(delta=-0.1)
+    with pytest.raises(ValueError, match="fdr"):
+        result.table(fdr=1.5)
+
+
+def test_pseudocount_is_the_quantile_of_unexpressed_genes_maxima():
+    draws1 = np.array([[0.5, 0.01, 30.0], [2.0, 0.02, 10.0]])
+    draws2 = np.array([[0.1, 0.3, 30.0], [0.2, 0.4, 10.0]])
+    # Group 1 does not express gene 0 (max 2.0); group 2 does not express genes 0 and 1 (0.2, 0.4).
+    value = estimate_pseudocount(
+        draws1, draws2, np.array([True, False, False]), np.array([True, True, False]), quantile=0.9
+    )
+    assert value == pytest.approx(2.0)
+    none = np.zeros(3, dtype=bool)
+    assert estimate_pseudocount(draws1, draws2, none, none) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- groups
+
+
+def test_groups_from_obs_rest_and_within(kang_small):
+    sizes = kang_small.obs["cell_type"].value_counts()
+    g1, g2 = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="rest")
+    assert g1.dtype == bool and g1.sum() == sizes["B cells"] and g2.sum() == kang_small.n_obs - sizes["B cells"]
+    assert not (g1 & g2).any()
+    g1, g2 = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="NK cells")
+    assert (g1.sum(), g2.sum()) == (sizes["B cells"], sizes["NK cells"])
+
+    donor = str(kang_small.obs["donor"].iloc[0])
+    in_donor = (kang_small.obs["donor"].astype(str) == donor).to_numpy()
+    g1, g2 = groups_from_obs(
+        kang_small, groupby="cell_type", group1="B cells", group2="rest", within=("donor", donor)
+    )
+    b_cells = (kang_small.obs["cell_type"] == "B cells").to_numpy()
+    assert np.array_equal(g1, b_cells & in_donor)
+    assert np.array_equal(g2, ~b_cells & in_donor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groupby": "nope", "group1": "B cells", "group2": "rest"}, "no column 'nope'.*cell_type"),
+        ({"groupby": "cell_type", "group1": "B cels", "group2": "rest"}, "no value 'B cels'.*'B cells'"),
+        ({"groupby": "cell_type", "group1": "B cells", "group2": "Plasma"}, "no value 'Plasma'"),
+        ({"groupby": "cell_type", "group1": "B cells", "group2": "B cells"}, "two different groups"),
+        ({"groupby": "cell_type", "group1": "B cells", "group2": "rest", "within": ("donor", "x")}, "donor has no value 'x'"),
+    ],
+)  # fmt: skip
+def test_groups_from_obs_errors(kang_small, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        groups_from_obs(kang_small, **kwargs)
+
+
+def test_groups_from_obs_refuses_an_empty_group_inside_within(kang_small):
+    donor = str(kang_small.obs["donor"].iloc[0])
+    in_donor = (kang_small.obs["donor"].astype(str) == donor).to_numpy()
+    no_b_cells_there = kang_small[~(in_donor & (kang_small.obs["cell_type"] == "B cells").to_numpy())]
+    with pytest.raises(ValueError, match="group1 .*has no cells inside donor"):
+        groups_from_obs(
+            no_b_cells_there, groupby="cell_type", group1="B cells", group2="rest", within=("donor", donor)
+        )
+
+
+def test_check_groups_validation(kang_small):
+    n = kang_small.n_obs
+    first = np.zeros(n, dtype=bool)
+    first[:20] = True
+    second = np.zeros(n, dtype=bool)
+    second[15:40] = True
+    with pytest.raises(ValueError, match="share 5 cells"):
+        check_groups(kang_small, group1=first, group2=second)
+    with pytest.raises(ValueError, match="boolean mask"):
+        check_groups(kang_small, group1=np.arange(20), group2=np.arange(20, 40))
+    tiny = np.zeros(n, dtype=bool)
+    tiny[100:102] = True
+    with pytest.raises(ValueError, match="group2 has 2 cells.*at least 3"):
+        check_groups(kang_small, group1=first, group2=tiny)
+    few = np.zeros(n, dtype=bool)
+    few[100:107] = True
+    _, _, notes = check_groups(kang_small, group1=first, group2=few)
+    assert len(notes) == 1 and notes[0].startswith("group2 has only 7 cells")
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def test_write_de_csv_round_trips_with_provenance(tmp_path):
+    table = _synthetic_result("change").table()
+    path = tmp_path / "de.csv"
+    write_de_csv(table, path, provenance={"run_id": "abc123", "group1": "B cells", "mode": "change"})
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert header[:3] == ["# run_id: abc123", "# group1: B cells", "# mode: change"]
+    assert header[3].startswith("# date: 20") and "numpy" in header[4]
+    back = pd.read_csv(path, comment="#", index_col=0)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False, rtol=1e-6)
+    with pytest.raises(ValueError, match="newline"):
+        write_de_csv(table, path, provenance={"note": "two\nlines"})
+
+
+# ---------------------------------------------------------------- Wilcoxon
+
+
+def test_wilcoxon_matches_scipy_mannwhitneyu(kang_small):
+    g1, g2 = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="rest")
+    table = wilcoxon(kang_small, group1=g1, group2=g2)
+    counts = np.asarray(kang_small.layers["counts"].todense(), dtype=np.float64)
+    logn = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+    genes = list(table.index[:3]) + list(table.index[600:603]) + list(table.index[-3:])
+    for gene in genes:
+        column = logn[:, kang_small.var_names.get_loc(gene)]
+        reference = scipy.stats.mannwhitneyu(column[g1], column[g2], method="asymptotic")
+        assert table.loc[gene, "pvalue"] == pytest.approx(reference.pvalue, rel=1e-6, abs=1e-300)
+        # score > 0 when group 1 ranks higher: U1 above its null mean n1 n2 / 2
+        excess = reference.statistic - g1.sum() * g2.sum() / 2
+        if abs(excess) > 0.5:  # else the continuity correction makes the score 0
+            assert np.sign(table.loc[gene, "score"]) == np.sign(excess)
+        if 1e-300 < reference.pvalue < 1:
+            assert abs(table.loc[gene, "score"]) == pytest.approx(scipy.stats.norm.isf(reference.pvalue / 2), rel=1e-5)
+    # Benjamini-Hochberg by hand
+    p = table["pvalue"].to_numpy()
+    order = np.argsort(p)
+    bh = np.minimum.accumulate((p[order] * len(p) / np.arange(1, len(p) + 1))[::-1])[::-1]
+    assert table["pvalue_adj"].to_numpy()[order] == pytest.approx(np.minimum(bh, 1.0))
+    symbols = kang_small.var.loc[table.index[:10], "gene_symbol"].tolist()
+    assert "CD79A" in symbols
+
+
+def test_wilcoxon_handles_dense_counts_and_refuses_overlap(kang_small):
+    dense = kang_small.copy()
+    dense.layers["counts"] = np.asarray(dense.layers["counts"].todense())
+    g1, g2 = groups_from_obs(kang_small, groupby="cell_type", group1="NK cells", group2="CD8 T cells")
+    pd.testing.assert_frame_equal(
+        wilcoxon(dense, group1=g1, group2=g2), wilcoxon(kang_small, group1=g1, group2=g2)
+    )
+    with pytest.raises(ValueError, match="share"):
+        wilcoxon(kang_small, group1=g1, group2=g1)
+
+
+def test_concordance_of_identical_and_reversed_rankings():
+    table = pd.DataFrame({"x": np.arange(100)}, index=[f"g{i}" for i in range(100)])
+    same = concordance(table, table, top_n=10)
+    assert (same.spearman, same.overlap, same.overlap_fraction) == (pytest.approx(1.0), 10, 1.0)
+    reverse = concordance(table, table.iloc[::-1], top_n=10)
+    assert reverse.spearman == pytest.approx(-1.0) and reverse.overlap == 0
+    shifted = concordance(table, pd.concat([table.iloc[5:], table.iloc[:5]]), top_n=10)
+    assert shifted.overlap == 5 and shifted.overlap_fraction == 0.5
+    with pytest.raises(ValueError, match="different genes"):
+        concordance(table, table.iloc[:50])
+
+
+
+# ---------------------------------------------------------------- with a trained model
+
+
+@pytest.fixture(scope="module")
+def small_run(kang_small, tmp_path_factory):
+    """The scVI-style model trained briefly on the 1,145-cell fixture."""
+    torch.set_num_threads(1)  # 2-core machines shared with other test processes
+    return fit(kang_small, params=RunParams(max_epochs=40, seed=0), cache_dir=tmp_path_factory.mktemp("runs"))
+
+
+def _symbols(adata: ad.AnnData, table: pd.DataFrame) -> list[str]:
+    return adata.var.loc[table.index, "gene_symbol"].tolist()
+
+
+def _top_up(adata: ad.AnnData, table: pd.DataFrame, n: int) -> list[str]:
+    """Genes up in group 1, ranked as scVI users do: proba_de, then lfc_mean (descending)."""
+    up = table[table["lfc_mean"] > 0].sort_values(["proba_de", "lfc_mean"], ascending=False)
+    return _symbols(adata, up.head(n))
+
+
+def test_de_b_cells_vs_rest_on_the_fixture(kang_small, small_run):
+    b_cells, rest = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="rest")
+    result = differential_expression(small_run, kang_small, group1=b_cells, group2=rest, seed=0)
+    table = result.table()
+    assert (result.n_cells_1, result.n_cells_2) == (int(b_cells.sum()), int(rest.sum()))
+    assert (result.n_sampled_1, result.n_sampled_2) == (int(b_cells.sum()), 500)
+    assert result.warnings == []
+    top = _top_up(kang_small, table, 10)
+    assert "CD79A" in top and "CD37" in top, top
+    cd79a = table.loc[kang_small.var_names[kang_small.var["gene_symbol"] == "CD79A"][0]]
+    assert cd79a["lfc_mean"] > 1 and cd79a["bayes_factor"] > 0 and cd79a["mean_norm_1"] > cd79a["mean_norm_2"]
+    assert cd79a["lfc_low"] < cd79a["lfc_median"] < cd79a["lfc_high"]
+    # raw statistics over every cell of each group
+    counts = kang_small.layers["counts"]
+    gene = kang_small.var_names.get_loc(cd79a.name)
+    column = np.asarray(counts[:, gene].todense()).ravel()
+    assert cd79a["mean_counts_1"] == pytest.approx(column[b_cells].mean())
+    assert cd79a["frac_expr_2"] == pytest.approx((column[rest] > 0).mean())
+    # same seed, same result
+    again = differential_expression(small_run, kang_small, group1=b_cells, group2=rest, seed=0).table()
+    pd.testing.assert_frame_equal(again, table)
+    # higher delta or a stricter FDR never calls more genes
+    calls = [int(result.table(delta=d)["is_de_fdr"].sum()) for d in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert calls == sorted(calls, reverse=True) and calls[0] > calls[-1]
+    assert result.table(fdr=0.01)["is_de_fdr"].sum() <= result.table(fdr=0.2)["is_de_fdr"].sum()
+    # the Wilcoxon test on the same groups agrees on the ranking
+    agreement = concordance(table, wilcoxon(kang_small, group1=b_cells, group2=rest), top_n=50)
+    assert agreement.spearman > 0.3 and agreement.overlap >= 15
+
+
+def test_de_of_a_group_against_itself_finds_almost_nothing(kang_small, small_run):
+    cd4 = np.flatnonzero((kang_small.obs["cell_type"] == "CD4 T cells").to_numpy())
+    np.random.default_rng(0).shuffle(cd4)
+    half1 = np.isin(np.arange(kang_small.n_obs), cd4[: len(cd4) // 2])
+    half2 = np.isin(np.arange(kang_small.n_obs), cd4[len(cd4) // 2 :])
+    for mode in ("change", "vanilla"):
+        table = differential_expression(small_run, kang_small, group1=half1, group2=half2, mode=mode).table()
+        assert table["is_de_fdr"].sum() <= 0.01 * len(table), mode
+    assert np.abs(table["lfc_median"]).median() < 0.1
+
+
+def test_de_validation_errors(kang_small, small_run):
+    b_cells, rest = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="rest")
+    with pytest.raises(ValueError, match="mode must be one of 'vanilla', 'change'"):
+        differential_expression(small_run, kang_small, group1=b_cells, group2=rest, mode="fast")
+    with pytest.raises(ValueError, match="needs a run trained with a batch key"):
+        differential_expression(small_run, kang_small, group1=b_cells, group2=rest, batch_correction=True)
+    with pytest.raises(ValueError, match="genes differ"):
+        differential_expression(small_run, kang_small[:, :-1], group1=b_cells, group2=rest)
+    few = np.zeros(kang_small.n_obs, dtype=bool)
+    few[np.flatnonzero(b_cells)[:2]] = True
+    with pytest.raises(ValueError, match="group1 has 2 cells"):
+        differential_expression(small_run, kang_small, group1=few, group2=rest)
+    few[np.flatnonzero(b_cells)[:5]] = True
+    result = differential_expression(small_run, kang_small, group1=few, group2=rest, n_samples=500)
+    assert result.warnings and "group1 has only 5 cells" in result.warnings[0]
+
+
+@pytest.mark.slow
+def test_de_stim_vs_ctrl_finds_interferon_genes():
+    adata = ad.read_h5ad(shared_file("kang_pbmc_stim_ctrl_1556x1267.h5ad"))
+    adata.layers["counts"] = adata.X.copy()
+    torch.set_num_threads(1)
+    run = fit(adata, params=RunParams(max_epochs=30, seed=0))
+    stim, ctrl = groups_from_obs(adata, groupby="condition", group1="stim", group2="ctrl")
+    table = differential_expression(run, adata, group1=stim, group2=ctrl).table()
+    top = _top_up(adata, table, 10)
+    interferon = {"ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "OAS1", "IFITM3", "LY6E"}
+    assert top[0] in interferon and len(interferon & set(top)) >= 6, top
+    called = set(table.index[table["is_de_fdr"]])  # var_names are symbols in this file
+    assert len(interferon & called) >= 2 and table.loc[list(interferon), "lfc_mean"].min() > 1
+
+
+@pytest.mark.slow
+def test_de_b_cells_vs_rest_on_the_12k_sample():
+    adata = ad.read_h5ad(shared_file("kang_pbmc_ctrl_12261x1287.h5ad"))
+    adata.layers["counts"] = adata.X.copy()
+    torch.set_num_threads(1)
+    run = fit(adata, params=RunParams(max_epochs=8, seed=0))
+    b_cells, rest = groups_from_obs(adata, groupby="cell_type", group1="B cells", group2="rest")
+    table = differential_expression(run, adata, group1=b_cells, group2=rest).table()
+    top = _top_up(adata, table, 20)
+    # A few epochs on 12k cells: the markers lead, though not yet with scVI's full confidence.
+    assert "CD79A" in top[:10] and "CD37" in top, top
+    assert table["is_de_fdr"].sum() >= 3

@@ -1,0 +1,247 @@
+"""The Explore page through Streamlit's AppTest, and its session logic (clusters, names, groups)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import explore as ex
+from dashboard.explore_figures import embedding_scatter
+from dashboard.state import AppState
+
+from .conftest import app_with_active_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def app(run_cache, kang_small_path):
+    at, state, run = app_with_active_run(run_cache, kang_small_path, batch_key="donor")
+    at.switch_page("pages/explore.py").run()
+    assert not at.exception, at.exception
+    return at, state, run
+
+
+def scatter(at) -> dict:
+    """The embedding figure the page sent (the first Plotly chart), as Plotly JSON."""
+    chart = at.get("plotly_chart")[0]
+    return json.loads(chart.proto.spec)
+
+
+def n_clusters(at) -> int:
+    header = next(h.value for h in at.subheader if h.value.startswith("Leiden clusters"))
+    return int(header.split(":")[1].split()[0])
+
+
+def decode(array) -> np.ndarray:
+    """A Plotly JSON array (a list, or a base64 typed array) as numpy."""
+    if isinstance(array, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+    return np.asarray(array)
+
+
+def test_page_shows_umap_coloured_by_cluster(app):
+    at, state, run = app
+    fig = scatter(at)
+    labels = ex.cluster_labels(state, run, state.filtered)
+    assert [t["name"] for t in fig["data"]] == list(labels.cat.categories)
+    assert sum(len(decode(t["x"])) for t in fig["data"]) == state.filtered.n_obs
+    assert "UMAP" in fig["layout"]["title"]["text"]
+    # Every cell of a trace belongs to that cluster.
+    first = fig["data"][0]
+    rows = decode(first["customdata"]).astype(int)
+    assert (labels.iloc[rows] == first["name"]).all()
+
+
+def test_colour_by_obs_column(app):
+    at, state, _ = app
+    at.selectbox(key="explore_source").set_value("Annotation").run()
+    at.selectbox(key="explore_annotation").set_value("cell_type").run()
+    assert not at.exception, at.exception
+    fig = scatter(at)
+    names = {t["name"] for t in fig["data"]}
+    assert names == set(state.filtered.obs["cell_type"].astype(str))
+    b_cells = next(t for t in fig["data"] if t["name"] == "B cells")
+    rows = decode(b_cells["customdata"]).astype(int)
+    assert (state.filtered.obs["cell_type"].iloc[rows] == "B cells").all()
+
+
+def test_colour_by_gene_shows_log_normalised_counts(app):
+    at, state, run = app
+    at.selectbox(key="explore_source").set_value("Gene").run()
+    at.selectbox(key="explore_gene").set_value("CD79A").run()
+    assert not at.exception, at.exception
+    (trace,) = scatter(at)["data"]
+    rows = decode(trace["customdata"]).astype(int)
+    colour = decode(trace["marker"]["color"])
+    filtered = state.filtered
+    gene = int(np.flatnonzero(filtered.var["display_name"] == "CD79A")[0])
+    counts = filtered.layers["counts"]
+    expected = np.log1p(counts[:, gene].toarray().ravel() / counts.sum(axis=1).A1 * 1e4)
+    np.testing.assert_allclose(colour, expected[rows], atol=1e-3)
+    # CD79A is a B-cell marker: far higher in annotated B cells than elsewhere.
+    b = (filtered.obs["cell_type"] == "B cells").to_numpy()
+    assert expected[b].mean() > 5 * expected[~b].mean()
+
+
+def test_colour_by_denoised_gene_is_smooth_and_follows_the_marker(app):
+    at, state, _ = app
+    at.selectbox(key="explore_source").set_value("Gene").run()
+    at.selectbox(key="explore_gene").set_value("CD79A").run()
+    at.radio(key="explore_expression").set_value("denoised").run()
+    assert not at.exception, at.exception
+    (trace,) = scatter(at)["data"]
+    assert "denoised" in trace["name"]
+    rows = decode(trace["customdata"]).astype(int)
+    values = np.empty(len(rows))
+    values[rows] = decode(trace["marker"]["color"])
+    b = (state.filtered.obs["cell_type"] == "B cells").to_numpy()
+    assert values[b].mean() > values[~b].mean()
+    # The model's estimate has no exact zeros, unlike the observed counts.
+    assert (values > 0).all()
+    at.radio(key="explore_expression").set_value("observed").run()
+
+
+def test_leiden_slider_changes_the_number_of_clusters(app):
+    at, state, _ = app
+    at.slider(key="explore_resolution").set_value(0.2).run()
+    few = n_clusters(at)
+    at.slider(key="explore_resolution").set_value(2.0).run()
+    many = n_clusters(at)
+    assert state.leiden_resolution == 2.0
+    assert many > few >= 1
+    at.slider(key="explore_resolution").set_value(1.0).run()
+
+
+def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
+    at, state, run = app
+    at.selectbox(key="explore_source").set_value("Cluster").run()
+    clusters = list(ex.cluster_table(state, run)["cluster"])
+    ex.apply_cluster_edits(state, clusters, {0: {"name": "B cells"}, 1: {"name": "  "}})
+    at.run()
+    assert state.cluster_names == {clusters[0]: "B cells"}
+    names = [t["name"] for t in scatter(at)["data"]]
+    assert names[0] == "B cells" and clusters[0] not in names
+    labels = ex.cluster_labels(state, run, state.filtered)
+    assert labels.index.equals(state.filtered.obs_names)
+    assert labels.cat.categories[0] == "B cells"
+    state.cluster_names = {}
+
+
+def test_group_from_a_simulated_lasso_selection_is_listed(app):
+    at, state, _ = app
+    fig = scatter(at)
+    chosen = decode(fig["data"][0]["customdata"]).astype(int)[:25]
+    selection = {"points": [{"curve_number": 0, "point_index": i, "customdata": int(r)}
+                            for i, r in enumerate(chosen)]}
+    cells = ex.selected_cells(selection, state.filtered.obs_names)
+    ex.save_group(state, "lasso test", cells)
+    at.run()
+    table = at.table[0].value
+    row = table.loc["lasso test"]
+    assert row["cells"] == 25 and row["in current data"] == 25
+    assert set(state.cell_groups["lasso test"]) == set(state.filtered.obs_names[chosen])
+    state.cell_groups = {}
+
+
+def test_batch_panel_shows_embeddings_and_metrics(app):
+    at, state, _ = app
+    at.button(key="explore_batch_button").click().run()
+    assert not at.exception, at.exception
+    table = next(df.value for df in at.dataframe if "metric" in df.value.columns)
+    assert len(table) == len(ex.METRIC_HELP)
+    values = table[["uncorrected (PCA)", "scVI latent"]].to_numpy()
+    assert np.isfinite(values).all()
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Uncorrected (PCA): by donor") for t in titles)
+    assert any(t.startswith("scVI latent: by cluster") for t in titles)
+
+
+def test_tsne_is_computed_when_chosen_and_exported(app, monkeypatch):
+    at, state, run = app
+    at.radio(key="explore_embedding").set_value("t-SNE").run()
+    assert not at.exception, at.exception
+    assert "t-SNE" in scatter(at)["layout"]["title"]["text"]
+    # The page remembers the choice in its session; outside the app, say the same.
+    assert (run.run_id, state.filtered_key) in at.session_state[ex._TSNE_KEY]
+    monkeypatch.setattr(ex, "tsne_computed", lambda state, run: True)
+    adata = ex.explored_adata(state)
+    assert adata.obsm["X_tsne"].shape == (state.filtered.n_obs, 2)
+    assert adata.obsm["X_umap"].shape == (state.filtered.n_obs, 2)
+    np.testing.assert_allclose(adata.obsm["X_scVI"], run.latent, rtol=1e-6)
+    assert adata.obs["leiden"].dtype == "category"
+    assert adata.uns["leiden"]["cluster_names"] == {}
+    at.radio(key="explore_embedding").set_value("UMAP").run()
+
+
+def test_page_without_a_run_says_what_to_do(app):
+    at, state, _ = app
+    rid, state.active_run_id = state.active_run_id, None
+    at.run()
+    assert any("Train a model" in i.value for i in at.info)
+    assert ex.explored_adata(state) is None
+    state.active_run_id = rid
+
+
+# ---- Session logic, without the app -------------------------------------------------------------
+def _state(names: list[str]) -> AppState:
+    import anndata as ad
+
+    state = AppState()
+    state.filtered = ad.AnnData(obs=pd.DataFrame(index=names))
+    return state
+
+
+def test_renamed_merges_clusters_given_the_same_name_and_keeps_order():
+    labels = pd.Categorical(["0", "1", "2", "1"], categories=["0", "1", "2"])
+    out = ex.renamed(labels, {"0": "T cells", "2": "T cells", "1": "B cells"})
+    assert list(out.categories) == ["T cells", "B cells"]
+    assert list(out) == ["T cells", "B cells", "T cells", "B cells"]
+    assert list(ex.renamed(labels, {})) == ["0", "1", "2", "1"]
+
+
+def test_apply_cluster_edits_sets_and_clears_names():
+    state = _state([])
+    ex.apply_cluster_edits(state, ["0", "1", "2"], {1: {"name": "NK"}, 2: {"name": "x"}})
+    assert state.cluster_names == {"1": "NK", "2": "x"}
+    ex.apply_cluster_edits(state, ["0", "1", "2"], {2: {"name": ""}, 0: {"name": "0"}})
+    assert state.cluster_names == {"1": "NK"}
+
+
+def test_selected_cells_maps_customdata_to_obs_names():
+    obs = pd.Index(["a", "b", "c", "d"])
+    sel = {"points": [{"customdata": 3}, {"customdata": [1]}, {"customdata": 3}]}
+    assert list(ex.selected_cells(sel, obs)) == ["b", "d"]
+    assert len(ex.selected_cells({"points": []}, obs)) == 0
+    # Round trip through a real figure: the selected points' customdata are the cells' rows.
+    fig = embedding_scatter(np.zeros((4, 2)), colouring=ex.Colouring("c", pd.Categorical(list("xyxy"))),
+                            cells=obs, clusters=pd.Categorical(list("0011")), title="t")
+    points = [{"customdata": int(r)} for r in fig.data[1].customdata]
+    assert list(ex.selected_cells({"points": points}, obs)) == ["b", "d"]
+
+
+def test_group_save_rename_delete_combine():
+    state = _state(list("abcdef"))
+    ex.save_group(state, " g1 ", np.array(["a", "b"], dtype=object))
+    ex.save_group(state, "g2", np.array(["b", "c"], dtype=object))
+    with pytest.raises(ValueError, match="exists already"):
+        ex.save_group(state, "g1", np.array(["d"], dtype=object))
+    with pytest.raises(ValueError, match="No cells are selected"):
+        ex.save_group(state, "g3", np.array([], dtype=object))
+    with pytest.raises(ValueError, match="Give the group a name"):
+        ex.save_group(state, "  ", np.array(["d"], dtype=object))
+    ex.combine_groups(state, ["g1", "g2"], "both")
+    assert sorted(state.cell_groups["both"]) == ["a", "b", "c"]
+    ex.rename_group(state, "g1", "first")
+    assert list(state.cell_groups) == ["first", "g2", "both"]
+    ex.delete_group(state, "g2")
+    table = ex.groups_table(state)
+    assert table.to_dict("list") == {"group": ["first", "both"], "cells": [2, 3],
+                                     "in current data": [2, 3]}
+    with pytest.raises(ValueError, match="at least two"):
+        ex.combine_groups(state, ["first"], "x")

@@ -1,0 +1,120 @@
+"""The VAE module: shapes for every option, the fast likelihood equals the plain one, KL terms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from engine import likelihoods as L
+from engine.model import VAE, iterate_minibatches
+from engine.params import RunParams
+
+
+@pytest.fixture(scope="module")
+def counts() -> sp.csr_matrix:
+    rng = np.random.default_rng(0)
+    dense = rng.negative_binomial(2, 0.3, size=(24, 40)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.6] = 0.0
+    dense[:, 0] = 1.0  # no empty cell
+    dense[3, 5] = 1e5  # a huge count
+    return sp.csr_matrix(dense)
+
+
+BATCH = np.arange(24) % 3
+
+
+def minibatch(counts, dtype=torch.float32):
+    return next(iterate_minibatches(counts, BATCH, np.arange(24), 24, dtype=dtype))
+
+
+# every likelihood x dispersion pair; library, prior and depth rotate so each value of each option
+# meets every likelihood (the full product is 120 cases of the same code paths)
+COMBOS = [
+    (lik, disp, ["observed", "learned"][(i + j) % 2], ["normal", "mixture"][(i + j // 2) % 2], 1 + (i + j) % 2)
+    for i, lik in enumerate(["zinb", "nb", "poisson", "zip", "gaussian"])
+    for j, disp in enumerate(["gene", "gene-batch", "gene-cell"])
+] + [("zinb", "gene", "learned", "mixture", 2), ("nb", "gene-cell", "observed", "mixture", 1)]
+
+
+@pytest.mark.parametrize("likelihood,dispersion,library,prior,n_layers", COMBOS)
+def test_forward_shapes_every_option(counts, likelihood, dispersion, library, prior, n_layers):
+    if likelihood == "gaussian":
+        library = "observed"  # RunParams rejects a learned library with the gaussian likelihood
+    params = RunParams(
+        likelihood=likelihood, dispersion=dispersion, library=library, prior=prior,
+        n_layers=n_layers, n_latent=3, n_hidden=8, n_components=4,
+    )
+    gen_ = torch.Generator().manual_seed(0)
+    module = VAE(40, 3, params, generator=gen_)
+    mb = minibatch(counts)
+    inf = module.inference(mb, generator=gen_)
+    assert inf.z.shape == (24, 3) and inf.qz_var.min() > 0
+    gen = module.generative(inf.z, inf.library_log, mb.batch_index)
+    assert gen.mu.shape == (24, 40) and gen.log_rho.shape == (24, 40)
+    torch.testing.assert_close(torch.exp(gen.log_rho).sum(-1), torch.ones(24))
+    parts = module.loss(mb, generator=gen_)
+    for term in (parts.reconstruction, parts.kl_z, parts.kl_library, parts.elbo):
+        assert term.shape == (24,) and torch.isfinite(term).all()
+    if library == "observed":
+        assert (parts.kl_library == 0).all()
+    parts.training_loss(0.5).backward()
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb", "poisson", "zip"])
+@pytest.mark.parametrize("dispersion", ["gene", "gene-batch", "gene-cell"])
+@pytest.mark.parametrize("library", ["observed", "learned"])
+def test_fast_reconstruction_equals_plain_likelihood_sum(counts, likelihood, dispersion, library):
+    params = RunParams(likelihood=likelihood, dispersion=dispersion, library=library, n_hidden=16)
+    module = VAE(40, 3, params, generator=torch.Generator().manual_seed(1)).double()
+    mb = minibatch(counts, torch.float64)
+    inf = module.inference(mb, generator=torch.Generator().manual_seed(2))
+    gen = module.generative(inf.z, inf.library_log, mb.batch_index)
+    x = torch.as_tensor(counts.toarray(), dtype=torch.float64)
+    plain = {
+        "zinb": lambda: L.log_zinb_positive(x, gen.mu, gen.theta, gen.zi_logits, eps=0.0),
+        "nb": lambda: L.log_nb_positive(x, gen.mu, gen.theta, eps=0.0),
+        "poisson": lambda: L.log_poisson(x, gen.mu),
+        "zip": lambda: L.log_zip_positive(x, gen.mu, gen.zi_logits),
+    }[likelihood]().sum(-1)
+    torch.testing.assert_close(module.reconstruction(mb, gen), plain, rtol=1e-7, atol=1e-6)
+
+
+def test_gaussian_reconstruction_is_log_normal_of_normalised_counts(counts):
+    module = VAE(40, 3, RunParams(likelihood="gaussian"), generator=torch.Generator().manual_seed(0)).double()
+    mb = minibatch(counts, torch.float64)
+    inf = module.inference(mb, sample=False)
+    gen = module.generative(inf.z, inf.library_log, mb.batch_index)
+    x = counts.toarray().astype(float)
+    observed = torch.as_tensor(np.log1p(x / x.sum(1, keepdims=True) * 1e4))
+    mean = torch.log1p(torch.softmax(gen.logits, -1) * 1e4)
+    expected = L.log_normal(observed, mean, gen.var).sum(-1)
+    torch.testing.assert_close(module.reconstruction(mb, gen), expected)
+
+
+def test_normal_kl_closed_form_and_mixture_monte_carlo(counts):
+    mb = minibatch(counts, torch.float64)
+    normal = VAE(40, 3, RunParams(n_latent=2), generator=torch.Generator().manual_seed(0)).double()
+    inf = normal.inference(mb, generator=torch.Generator().manual_seed(0))
+    q = torch.distributions.Normal(inf.qz_mean, inf.qz_var.sqrt())
+    p = torch.distributions.Normal(torch.zeros_like(inf.qz_mean), torch.ones_like(inf.qz_mean))
+    torch.testing.assert_close(normal.kl_z(inf), torch.distributions.kl_divergence(q, p).sum(-1))
+    mixture = VAE(40, 3, RunParams(n_latent=2, prior="mixture", n_components=3), generator=torch.Generator().manual_seed(0)).double()
+    inf = mixture.inference(mb, generator=torch.Generator().manual_seed(0))
+    comps = torch.distributions.Independent(
+        torch.distributions.Normal(mixture.prior_means, torch.exp(0.5 * mixture.prior_log_vars)), 1
+    )
+    prior = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=mixture.prior_logits), comps)
+    log_q = torch.distributions.Normal(inf.qz_mean, inf.qz_var.sqrt()).log_prob(inf.z).sum(-1)
+    torch.testing.assert_close(mixture.kl_z(inf), log_q - prior.log_prob(inf.z))
+
+
+def test_same_generator_same_initialisation():
+    a = VAE(30, 2, RunParams(), generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = VAE(30, 2, RunParams(), generator=torch.Generator().manual_seed(5))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name

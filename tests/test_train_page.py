@@ -1,0 +1,182 @@
+"""The Train page: form, checks, background training, cache hits, cancel, history, diagnostics."""
+
+from __future__ import annotations
+
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from streamlit.testing.v1 import AppTest
+
+from dashboard import training
+from dashboard.jobs import JobBoard
+from dashboard.train_form import TrainForm
+from engine.cache import list_runs
+from engine.params import RunParams
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def uploaded_app(kang_small_path) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    at.run()
+    at.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(),
+                                   "application/octet-stream")).run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def set_epochs(at: AppTest, epochs: int) -> None:
+    next(c for c in at.checkbox if c.label == "Epochs: automatic").uncheck()
+    next(n for n in at.number_input if n.label == "Epochs (if not automatic)").set_value(epochs)
+
+
+def press_train(at: AppTest) -> None:
+    next(b for b in at.button if b.label == "Train").click().run()
+    assert not at.exception, at.exception
+
+
+def messages(at: AppTest) -> str:
+    return " ".join(e.value for e in [*at.success, *at.warning, *at.error, *at.info])
+
+
+def test_train_in_background_then_load_from_cache(run_cache, kang_small_path):
+    at = uploaded_app(kang_small_path)
+    set_epochs(at, 3)
+    press_train(at)
+    state = at.session_state["atlas_state"]
+    job = training.job_board().get(state.watched_job)
+    assert job is not None, messages(at)
+    assert at.query_params["run"] == [job.run_id] or at.query_params["run"] == job.run_id
+    assert job.wait(timeout=120), "training did not finish"
+    assert job.status == "finished", job.error
+    assert len(job.history) == 3 and job.history[-1].validation_elbo < 0
+    at.run()  # the progress panel sees the end and makes the run active
+    assert state.active_run_id == job.run_id
+    assert "It is now the active run" in messages(at)
+    assert any(df.value["run"].iloc[0] == job.run_id[:10] for df in at.dataframe)
+
+    # the same settings again: loaded from the cache, no new job
+    press_train(at)
+    text = messages(at)
+    assert "Loaded from cache in" in text
+    seconds = float(text.split("Loaded from cache in ")[1].split(" s")[0])
+    assert seconds < 1.0
+
+
+def test_single_category_batch_trains_without_it(kang_small_path):
+    adata = ad.read_h5ad(kang_small_path)
+    adata.obs["one"] = pd.Categorical(["x"] * adata.n_obs)
+    check = training.check_training(adata, params=RunParams(), batch_key="one")
+    assert check.batch_key is None and not check.errors
+    assert "single value" in check.warnings[0]
+
+
+def test_missing_batch_values_are_refused_with_column_and_count(kang_small_path):
+    adata = ad.read_h5ad(kang_small_path)
+    donor = adata.obs["donor"].astype(object)
+    donor.iloc[:7] = np.nan
+    adata.obs["donor"] = donor
+    check = training.check_training(adata, params=RunParams(), batch_key="donor")
+    assert check.errors and "'donor'" in check.errors[0] and "7 cells" in check.errors[0]
+
+
+def test_many_batches_warn_and_few_cells_warn():
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (40, 30)).astype(np.float32)))
+    adata.obs["cell"] = pd.Categorical([f"c{i}" for i in range(40)])
+    check = training.check_training(adata, params=RunParams(), batch_key="cell")
+    assert not check.errors
+    joined = " ".join(check.warnings)
+    assert "40 values" not in joined  # 40 is not "many"
+    assert "Only 40 cells" in joined
+    many = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (300, 30)).astype(np.float32)))
+    many.obs["cell"] = pd.Categorical([f"c{i}" for i in range(300)])
+    assert "300 values" in " ".join(training.check_training(many, params=RunParams(), batch_key="cell").warnings)
+
+
+def test_latent_larger_than_genes_is_refused():
+    adata = ad.AnnData(sp.csr_matrix(np.ones((60, 5), np.float32)))
+    check = training.check_training(adata, params=RunParams(n_latent=8), batch_key=None)
+    assert "larger than the number of genes (5)" in check.errors[0]
+
+
+def test_bad_batch_in_page_shows_error_and_page_stays_usable(kang_small_path):
+    at = uploaded_app(kang_small_path)
+    next(s for s in at.slider if s.label == "Latent size").set_value(64)
+    next(n for n in at.number_input if n.label.startswith("Highly variable genes")).set_value(50)
+    press_train(at)
+    assert any("larger than the number of genes (50)" in e.value for e in at.error)
+    assert at.session_state["atlas_state"].watched_job is None
+    assert next(b for b in at.button if b.label == "Train")  # the form is still there
+
+
+def test_cancel_stops_within_two_seconds_and_saves_nothing(tmp_path, kang_small_path):
+    from engine.io import read_counts
+
+    adata = read_counts(kang_small_path)
+    board = JobBoard(tmp_path)
+    job = board.start(adata, params=RunParams(max_epochs=400, early_stopping=False), batch_key=None)
+    while not job.history:  # let it get going
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    job.cancel()
+    assert job.wait(timeout=10)
+    assert time.perf_counter() - t0 < 2.0
+    assert job.status == "cancelled"
+    assert list_runs(tmp_path) == []
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_two_sessions_share_one_job(tmp_path, kang_small_path):
+    from engine.io import read_counts
+
+    adata = read_counts(kang_small_path)
+    board = JobBoard(tmp_path)
+    params = RunParams(max_epochs=2)
+    first = board.start(adata, params=params, batch_key="donor")
+    second = board.start(adata.copy(), params=params, batch_key="donor")
+    assert first is second
+    assert first.wait(timeout=120) and first.status == "finished"
+    assert len(list_runs(tmp_path)) == 1
+
+
+def test_training_error_is_shown_and_page_survives(tmp_path):
+    # non-integer "counts" make count likelihoods refuse: the job fails with the engine's message
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(sp.csr_matrix(rng.random((80, 20)).astype(np.float32)))
+    board = JobBoard(tmp_path)
+    job = board.start(adata, params=RunParams(max_epochs=2), batch_key=None)
+    assert job.wait(timeout=60)
+    assert job.status == "failed" and job.error and "Traceback" not in job.error
+
+
+def test_form_params_validation_lists_allowed_values():
+    with pytest.raises(ValueError, match="choose one of"):
+        TrainForm(likelihood="gamma").params()
+
+
+def test_diagnostics_for_two_runs_side_by_side(run_cache, kang_small_path):
+    at = uploaded_app(kang_small_path)
+    state = at.session_state["atlas_state"]
+    from engine.fit import fit
+
+    for likelihood in ("zinb", "poisson"):
+        fit(state.filtered.copy(), params=RunParams(likelihood=likelihood, max_epochs=3),
+            batch_key=None, cache_dir=run_cache)
+    at.run()
+    picker = next(m for m in at.multiselect if m.label == "Runs")
+    assert len(picker.value) == 2
+    next(b for b in at.button if b.label == "Compute diagnostics").click().run()
+    assert not at.exception, at.exception
+    table = next(df.value for df in at.dataframe if "held-out ELBO" in df.value.columns)
+    assert len(table) == 2 and (table["held-out ELBO"] < 0).all()
+    diag = list(state.diagnostics.values())
+    # a Poisson model underestimates overdispersion relative to ZINB; both produce per-gene checks
+    assert all(d.check is not None and len(d.check.genes) == state.filtered.n_vars for d in diag)

@@ -1,0 +1,102 @@
+"""Training loop: learns, reproducible, cancellable, refuses to keep a diverged model."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from engine.fit import fit
+from engine.params import RunParams
+from engine.training import EpochReport, TrainingCancelled, TrainingDiverged, split_cells, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def small(kang_small_path) -> ad.AnnData:
+    adata = ad.read_h5ad(kang_small_path)
+    return adata[::3].copy()  # 382 cells, every cell type, every donor
+
+
+def codes(adata):
+    return adata.obs["donor"].astype("category").cat.codes.to_numpy(), adata.obs["donor"].nunique()
+
+
+def test_training_improves_the_elbo(small):
+    reports: list[EpochReport] = []
+    batch, n_batch = codes(small)
+    result = train(small.X, batch, n_batch, RunParams(max_epochs=8, kl_warmup_epochs=0), on_epoch=reports.append, device="cpu")
+    assert [r.epoch for r in reports] == list(range(1, 9)) and all(r.n_epochs == 8 for r in reports)
+    assert reports[-1].train_elbo > reports[0].train_elbo + 50
+    assert reports[-1].validation_elbo > reports[0].validation_elbo + 50
+    last = reports[-1]
+    assert last.reconstruction - last.kl == pytest.approx(last.validation_elbo, rel=1e-5)
+    assert last.kl > 0 and last.seconds > 0
+    assert not result.module.training
+    assert len(result.validation_indices) == round(0.1 * small.n_obs)
+    assert len(np.intersect1d(result.train_indices, result.validation_indices)) == 0
+
+
+def test_same_seed_same_latent_different_seed_different(small):
+    params = RunParams(max_epochs=2, seed=3)
+    a = fit(small.copy(), params=params, batch_key="donor", device="cpu")
+    torch.manual_seed(999)  # the global RNG must not matter
+    b = fit(small.copy(), params=params, batch_key="donor", device="cpu")
+    c = fit(small.copy(), params=RunParams(max_epochs=2, seed=4), batch_key="donor", device="cpu")
+    np.testing.assert_array_equal(a.latent, b.latent)
+    assert not np.allclose(a.latent, c.latent)
+
+
+def test_split_is_seeded_and_disjoint():
+    tr, va = split_cells(100, 0.1, seed=0)
+    tr2, va2 = split_cells(100, 0.1, seed=0)
+    assert np.array_equal(va, va2) and len(va) == 10 and len(np.union1d(tr, va)) == 100
+    assert not np.array_equal(va, split_cells(100, 0.1, seed=1)[1])
+
+
+def test_cancel_raises_and_leaves_no_run_folder(small, tmp_path):
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # after three minibatches
+
+    with pytest.raises(TrainingCancelled):
+        fit(small.copy(), params=RunParams(max_epochs=5), cache_dir=tmp_path, should_stop=should_stop, device="cpu")
+    assert calls["n"] == 4
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_diverging_training_raises_after_retry_and_saves_nothing(small, tmp_path):
+    # integer-valued but absurd counts: the library size overflows float32, the loss is not finite
+    bad = small.copy()
+    bad.X = sp.csr_matrix(small.X, dtype=np.float32, copy=True)
+    bad.X.data[:] = 3e38
+    epochs: list[EpochReport] = []
+    with pytest.raises(TrainingDiverged, match="learning rate") as err:
+        fit(bad, params=RunParams(max_epochs=2), cache_dir=tmp_path, on_epoch=epochs.append, device="cpu")
+    assert "0.0001" in str(err.value)  # the retry at lr / 10 is reported
+    assert isinstance(err.value, ValueError)
+    assert epochs == []
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_early_stopping_stops_and_keeps_best_epoch(small):
+    batch, n_batch = codes(small)
+    params = RunParams(max_epochs=60, patience=2, lr=0.05, kl_warmup_epochs=0)
+    result = train(small.X, batch, n_batch, params, device="cpu")
+    history = [r.validation_elbo for r in result.history]
+    best = int(np.argmax(history)) + 1
+    assert result.best_epoch == best
+    assert len(history) == best + 2 < 60  # stopped patience epochs after the best
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(small):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        fit(small.copy(), params=RunParams(max_epochs=1), device="cuda")
