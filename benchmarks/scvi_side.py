@@ -49,10 +49,9 @@ def main() -> None:
     import scvi
     import torch
 
-    torch.set_num_threads(args.threads)
     scvi.settings.seed = args.seed  # seeds torch, numpy and python's random
     scvi.settings.dl_num_workers = 0  # data loading in the main process, as our engine does
-    torch.set_num_threads(args.threads)  # again: setting the seed must not change it, but be sure
+    torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ defaults to ``$SCVI_PYTHON``. Both tools train the same model (ZINB, gene disper
 hidden, 10 latent, dropout 0.1, batch ``donor`` in encoder and decoder) for ``--epochs`` epochs of
 minibatches of 128 on the SAME seeded 90/10 train/validation split, without early stopping, on
 ``--threads`` CPU threads. Our engine is trained twice: with scvi-tools' KL warm-up (linear over
-400 epochs, so the KL weight only reaches 30/400 in a 30-epoch run: the like-for-like row) and with
+400 epochs, so the KL weight only reaches 29/400 in a 30-epoch run: the like-for-like row) and with
 our default warm-up (half of the epochs).
 
 Reported per model: seconds per epoch (training wall time / epochs; scvi-tools: ``train()``, ours:

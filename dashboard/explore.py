@@ -47,6 +47,8 @@ DENOISED_SAMPLES = 5
 # Cells decoded at once for the denoised expression: bounds memory (samples x cells x genes floats).
 DENOISE_CHUNK = 2048
 SEED = 0
+# Numeric annotations with more distinct values than this are drawn with a colour scale.
+MAX_CATEGORIES = 20
 # Session keys (st.session_state) of what this page remembers between reruns besides AppState.
 _CLUSTERING_KEY = "explore_clustering_of"
 _TSNE_KEY = "explore_tsne_of"
@@ -151,17 +153,22 @@ def tsne_computed(state: AppState, run) -> bool:
 def leiden_clusters(state: AppState, run) -> pd.Categorical:
     """Leiden cluster ids ("0", "1", ... largest first) at ``state.leiden_resolution`` (cached)."""
     labels, _ = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
-    return pd.Categorical(labels, categories=sorted(set(labels), key=int))
+    # Numeric order ("2" before "10"), whatever the labels look like.
+    return pd.Categorical(labels, categories=sorted(set(labels), key=lambda c: (len(c), c)))
 
 
 # ---- Cluster names -----------------------------------------------------------------------------
+def _clustering(state: AppState) -> tuple:
+    return (state.active_run_id, state.filtered_key, float(state.leiden_resolution))
+
+
 def sync_cluster_names(state: AppState) -> bool:
     """Forget cluster names given to another clustering (other run, data or resolution).
 
     Names belong to cluster ids of one clustering; applied to another they would mislabel cells.
     Returns True when names were dropped, so the page can say so.
     """
-    current = (state.active_run_id, state.filtered_key, float(state.leiden_resolution))
+    current = _clustering(state)
     previous = st.session_state.get(_CLUSTERING_KEY)
     st.session_state[_CLUSTERING_KEY] = current
     if previous is not None and previous != current and state.cluster_names:
@@ -184,7 +191,10 @@ def renamed(labels: pd.Categorical, names: Mapping[str, str]) -> pd.Categorical:
 def cluster_labels(state: AppState, run, filtered: ad.AnnData) -> pd.Series:
     """Leiden clusters of ``run`` at the current resolution with the user's names: a categorical
     Series indexed by ``filtered.obs_names``."""
-    labels = renamed(leiden_clusters(state, run), state.cluster_names)
+    named_for = st.session_state.get(_CLUSTERING_KEY)
+    # Names given on the Explore page to another clustering (the run changed since) do not apply.
+    names = state.cluster_names if named_for in (None, _clustering(state)) else {}
+    labels = renamed(leiden_clusters(state, run), names)
     return pd.Series(labels, index=filtered.obs_names, name="leiden")
 
 
@@ -301,10 +311,12 @@ def colouring(state: AppState, run, *, source: ColourSource, name: str = "",
     column = filtered.obs[name]
     if source == "QC metric":
         return Colouring(QC_METRICS.get(name, name), column.to_numpy(dtype=np.float32))
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column) \
-            and column.nunique() > 20:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return Colouring(name, column.cat.remove_unused_categories().array)
+    if (pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+            and column.nunique() > MAX_CATEGORIES):
         return Colouring(name, column.to_numpy(dtype=np.float32))
-    return Colouring(name, pd.Categorical(column.astype("string").astype(object).where(column.notna())))
+    return Colouring(name, pd.Categorical(column.astype(object).where(column.notna(), None)))
 
 
 # ---- Cell groups -------------------------------------------------------------------------------

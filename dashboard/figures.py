@@ -34,6 +34,8 @@ def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
         if value is not None:
             fig.add_hline(y=value, line_dash="dash", line_color="#E45756",
                           annotation_text=f"{text} {value:g}", annotation_position="top left")
+    # group names such as donor ids "1015" are labels, not numbers
+    fig.update_xaxes(type="category")
     fig.update_layout(title=label, yaxis_title=label, xaxis_title=groupby or "",
                       margin=dict(l=10, r=10, t=40, b=10), height=320)
     return fig
@@ -52,12 +54,16 @@ def totals_vs_genes(obs: pd.DataFrame, *, kept: np.ndarray | None = None, seed: 
         title += f" (random {MAX_SCATTER_POINTS:,} of {n:,} cells shown)"
     sub = obs.iloc[idx]
     keep = np.ones(len(idx), bool) if kept is None else np.asarray(kept)[idx]
+    if (obs["pct_counts_mt"] > 0).any():
+        marker = dict(size=4, color=sub["pct_counts_mt"][keep], colorscale="Viridis",
+                      colorbar=dict(title="% mito"), showscale=True)
+    else:
+        marker = dict(size=4, color="#4C78A8")
+        title = title.replace(", coloured by % mitochondrial", " (no mitochondrial genes found)")
     fig = go.Figure()
     fig.add_trace(go.Scattergl(
         x=sub["total_counts"][keep], y=sub["n_genes_by_counts"][keep], mode="markers",
-        name="kept", text=sub.index[keep],
-        marker=dict(size=4, color=sub["pct_counts_mt"][keep], colorscale="Viridis",
-                    colorbar=dict(title="% mito"), showscale=True),
+        name="kept", text=sub.index[keep], marker=marker,
         hovertemplate="%{text}<br>total %{x:,.0f}<br>genes %{y:,.0f}<extra></extra>",
     ))
     if not keep.all():

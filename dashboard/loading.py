@@ -42,7 +42,7 @@ def upload_suffix(file_name: str) -> str:
 
 
 def _prepare(adata: ad.AnnData) -> ad.AnnData:
-    eqc.calculate_qc_metrics(adata)
+    eqc.calculate_qc_metrics(adata)  # default prefixes; the page can recompute with others
     return adata
 
 
@@ -128,6 +128,7 @@ def use_dataset(state: AppState, dataset: Dataset) -> None:
     the previous dataset no longer apply.
     """
     state.thresholds = eqc.QCThresholds()
+    state.mito_prefixes = ("MT-", "mt-")
     state.hvg_batch_key = None
     state.filtered = filtered_dataset(dataset, state.thresholds, state.n_top_genes, None)
     state.filtered_key = filtered_key(dataset, state.thresholds, state.n_top_genes, None)
@@ -162,7 +163,22 @@ def use_display_names(state: AppState, column: str | None) -> None:
     assert state.dataset is not None
     adata = state.dataset.adata.copy()
     eio.set_display_names(adata, column=column)
-    dataset = Dataset(name=state.dataset.name, key=f"{state.dataset.key}:names={column}",
+    eqc.calculate_qc_metrics(adata, mito_prefixes=state.mito_prefixes)  # mito genes go by name
+    _replace_dataset(state, adata, f"names={column}")
+
+
+def use_mito_prefixes(state: AppState, prefixes: tuple[str, ...]) -> None:
+    """Recompute QC metrics with other mitochondrial gene prefixes."""
+    assert state.dataset is not None
+    adata = state.dataset.adata.copy()
+    eqc.calculate_qc_metrics(adata, mito_prefixes=prefixes)
+    state.mito_prefixes = prefixes
+    _replace_dataset(state, adata, f"mito={','.join(prefixes)}")
+
+
+def _replace_dataset(state: AppState, adata: ad.AnnData, change: str) -> None:
+    """The same dataset with derived annotations changed (names, QC metrics); filters re-applied."""
+    dataset = Dataset(name=state.dataset.name, key=f"{state.dataset.key}:{change}",
                       adata=adata, source=state.dataset.source, path=state.dataset.path)
     state.filtered = filtered_dataset(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)
     state.filtered_key = filtered_key(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)

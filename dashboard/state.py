@@ -33,6 +33,7 @@ class Dataset:
 class AppState:
     dataset: Dataset | None = None
     thresholds: QCThresholds = field(default_factory=QCThresholds)
+    mito_prefixes: tuple[str, ...] = ("MT-", "mt-")
     n_top_genes: int = 2000
     hvg_batch_key: str | None = None
     # The filtered dataset (thresholds applied, highly variable genes flagged): what later pages use.

@@ -11,11 +11,11 @@ import pandas as pd
 from engine.params import RunParams
 
 LIKELIHOOD_HELP = {
-    "zinb": "Zero-inflated negative binomial: scVI's default for UMI counts with many zeros.",
-    "nb": "Negative binomial: overdispersed counts; often fits UMI data as well as ZINB.",
-    "poisson": "Poisson: no overdispersion; a simple baseline.",
-    "zip": "Zero-inflated Poisson: Poisson plus extra zeros.",
-    "gaussian": "Gaussian on log1p-normalised counts: when count models fit poorly.",
+    "zinb": "zero-inflated negative binomial (scVI's default)",
+    "nb": "negative binomial, overdispersed counts",
+    "poisson": "Poisson, no overdispersion (baseline)",
+    "zip": "zero-inflated Poisson",
+    "gaussian": "Gaussian on log1p-normalised counts",
 }
 
 

@@ -28,27 +28,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Bayesian differential expression (scVI 'change' or 'vanilla' mode) between "
         "two groups of cells, written as a CSV table, one row per gene.",
     )
-    parser.add_argument("input", type=Path, metavar="IN.h5ad", help="AnnData written by 'python -m engine train'")
-    parser.add_argument("--cache-dir", type=Path, required=True, help="run cache the model was trained into")
-    parser.add_argument("--groupby", required=True, help="obs column defining the groups, e.g. cell_type")
-    parser.add_argument("--group1", required=True, help="value of --groupby for group 1")
-    parser.add_argument("--group2", required=True, help="value of --groupby for group 2, or 'rest' for all other cells")
-    parser.add_argument(
-        "--within",
-        metavar="COL=VALUE",
-        help="restrict both groups to cells with obs[COL] == VALUE, e.g. leiden=3",
-    )
-    parser.add_argument("--mode", choices=get_args(Mode), default="change", help="decision rule (default: change)")
-    parser.add_argument("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts (change mode)")
-    parser.add_argument("--fdr", type=float, default=0.05, help="target posterior expected FDR for is_de_fdr")
-    parser.add_argument("--max-cells-per-group", type=int, default=500, help="cells drawn per group for posterior sampling")
-    parser.add_argument(
+    add = parser.add_argument
+    add("input", type=Path, metavar="IN.h5ad", help="AnnData written by 'python -m engine train'")
+    add("--cache-dir", type=Path, required=True, help="run cache the model was trained into")
+    add("--groupby", required=True, help="obs column defining the groups, e.g. cell_type")
+    add("--group1", required=True, help="value of --groupby for group 1")
+    add("--group2", required=True, help="value of --groupby for group 2, or 'rest' for all other cells")
+    add("--within", metavar="COL=VALUE", help="restrict both groups to cells with obs[COL] == VALUE")
+    add("--mode", choices=get_args(Mode), default="change", help="decision rule (default: change)")
+    add("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts (change mode)")
+    add("--fdr", type=float, default=0.05, help="target posterior expected FDR for is_de_fdr")
+    add("--max-cells-per-group", type=int, default=500, help="cells drawn per group for posterior sampling")
+    add(
         "--batch-correction",
         action="store_true",
         help="compare groups in every batch of the run and pair like with like (needs a batch key)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    add("--seed", type=int, default=0, help="random seed (default: 0)")
+    add("--out", type=Path, required=True, help="CSV file to write")
 
 
 def parse_within(text: str | None) -> tuple[str, str] | None:

@@ -152,15 +152,12 @@ class InferenceOutputs:
 class GenerativeOutputs:
     """Decoder output for ``n`` cells: the softmax over genes and the likelihood parameters.
 
-    ``head`` is the raw output of the decoder's last linear layer, ``(n, n_heads * n_genes)``:
-    softmax logits, then zero-inflation logits and per-cell log-dispersion where they exist; the
-    fast likelihood gathers its non-zero entries from it directly. ``log_mu = logits + log_mu_offset``
+    ``logits`` are the softmax logits over genes, ``(n, n_genes)``; ``log_mu = logits + log_mu_offset``
     with ``log_mu_offset = library_log - logsumexp(logits)``, and ``mu = exp(log_mu)``. ``theta`` is
     ``(n_genes,)`` for gene dispersion, ``(n, n_genes)`` otherwise, None without dispersion;
     ``zi_logits`` only for zinb/zip; ``var`` (per gene) only for the gaussian likelihood.
     """
 
-    head: torch.Tensor
     logits: torch.Tensor
     log_mu_offset: torch.Tensor
     library_log: torch.Tensor
@@ -206,7 +203,8 @@ def _dropout(x: torch.Tensor, p: float, training: bool, generator: torch.Generat
 class FCLayers(nn.Module):
     """scvi-tools' FCLayers: ``Linear([x, onehot(s)]) -> BatchNorm -> ReLU -> Dropout``, repeated.
 
-    The one-hot concatenation is computed as ``W_x x + W_s[:, s]`` (same weights, no concatenation).
+    The one-hot concatenation is computed as ``W_x x + W_s[s]``: the same model and initialisation
+    without building the concatenated input (``W_s`` is a separate parameter, so no weight slicing).
     """
 
     def __init__(self, n_in: int, n_out: int, *, n_batch: int, n_layers: int, n_hidden: int, dropout: float):
@@ -214,15 +212,24 @@ class FCLayers(nn.Module):
         self.n_cov = n_batch if n_batch > 1 else 0
         self.dropout = dropout
         sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
-        self.linears = nn.ModuleList(nn.Linear(a + self.n_cov, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.covariates = nn.ParameterList(nn.Parameter(torch.empty(self.n_cov, b)) for b in sizes[1:]) if self.n_cov else None
         self.norms = nn.ModuleList(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3) for b in sizes[1:])
 
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
+        """Uniform(+-1/sqrt(fan_in)) with fan_in = inputs + batches, as nn.Linear on the concatenation."""
+        for i, linear in enumerate(self.linears):
+            bound = 1.0 / math.sqrt(linear.in_features + self.n_cov)
+            params = [linear.weight, linear.bias] + ([self.covariates[i]] if self.n_cov else [])
+            for param in params:
+                nn.init.uniform_(param, -bound, bound, generator=generator)
+
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        for linear, norm in zip(self.linears, self.norms):
-            n_x = linear.in_features - self.n_cov
-            h = F.linear(x, linear.weight[:, :n_x], linear.bias)
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+            h = linear(x)
             if self.n_cov:
-                h = h + linear.weight[:, n_x:].t()[batch_index]
+                h = h + self.covariates[i].index_select(0, batch_index)
             x = _dropout(F.relu(norm(h)), self.dropout, self.training, generator)
         return x
 
@@ -276,15 +283,16 @@ class VAE(nn.Module):
             var = np.ones(self.n_batch) if library_log_var is None else np.asarray(library_log_var)
             self.register_buffer("library_log_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
             self.register_buffer("library_log_var", torch.as_tensor(var, dtype=torch.float32).reshape(-1))
-        # decoder: the softmax logits and, per likelihood, zero-inflation logits and per-cell
-        # dispersion come out of one linear layer (one matrix product instead of up to three)
         self.decoder = FCLayers(
             p.n_latent, p.n_hidden, n_batch=self.n_batch, n_layers=p.n_layers, n_hidden=p.n_hidden, dropout=0.0
         )
         self.zero_inflated = p.likelihood in ("zinb", "zip")
         self.cell_dispersion = p.likelihood in DISPERSED_LIKELIHOODS and p.dispersion == "gene-cell"
-        n_heads = 1 + int(self.zero_inflated) + int(self.cell_dispersion)
-        self.heads = nn.Linear(p.n_hidden, n_heads * n_genes)
+        self.px_scale = nn.Linear(p.n_hidden, n_genes)
+        if self.zero_inflated:
+            self.px_dropout = nn.Linear(p.n_hidden, n_genes)
+        if self.cell_dispersion:
+            self.px_r_decoder = nn.Linear(p.n_hidden, n_genes)
         if p.likelihood in DISPERSED_LIKELIHOODS and p.dispersion == "gene":
             self.px_r = nn.Parameter(torch.empty(n_genes))
         elif p.likelihood in DISPERSED_LIKELIHOODS and p.dispersion == "gene-batch":
@@ -305,6 +313,9 @@ class VAE(nn.Module):
                 nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
                 bound = 1.0 / math.sqrt(module.in_features)
                 nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+        for module in self.modules():
+            if isinstance(module, FCLayers):
+                module.reset_parameters(generator)
         if hasattr(self, "px_r"):
             self.px_r.copy_(torch.randn(self.px_r.shape, generator=generator))  # as scvi-tools
         if hasattr(self, "prior_means"):
@@ -340,19 +351,18 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> GenerativeOutputs:
         """p(x | z, l, s): decoder output for latent ``z`` (n, n_latent) decoded in batches ``batch_index``."""
-        head = self.heads(self.decoder(z, batch_index, generator))
-        g = self.n_genes
-        logits = head[:, :g]
+        h = self.decoder(z, batch_index, generator)
+        logits = self.px_scale(h)
         log_mu_offset = library_log - torch.logsumexp(logits, dim=-1)
         mu = torch.exp(logits + log_mu_offset.unsqueeze(-1))
-        zi_logits = head[:, g : 2 * g] if self.zero_inflated else None
+        zi_logits = self.px_dropout(h) if self.zero_inflated else None
         theta = None
         if self.cell_dispersion:
-            theta = torch.exp(head[:, -g:])
+            theta = torch.exp(self.px_r_decoder(h))
         elif hasattr(self, "px_r"):
             theta = torch.exp(self.px_r) if self.px_r.dim() == 1 else torch.exp(self.px_r).t()[batch_index]
         var = torch.exp(self.log_var) + GAUSSIAN_VAR_EPS if self.params.likelihood == "gaussian" else None
-        return GenerativeOutputs(head, logits, log_mu_offset, library_log, mu, theta, zi_logits, var)
+        return GenerativeOutputs(logits, log_mu_offset, library_log, mu, theta, zi_logits, var)
 
     # ---------------------------------------------------------------------------------------- loss
     def reconstruction(self, mb: Minibatch, gen: GenerativeOutputs) -> torch.Tensor:
@@ -369,15 +379,9 @@ class VAE(nn.Module):
             mean = torch.log1p(torch.exp(gen.log_rho) * GAUSSIAN_SCALE)
             return log_normal(observed, mean, gen.var).sum(-1)
         rows, cols, x = mb.nz_rows, mb.nz_cols, mb.nz_values
-        g = self.n_genes
-        # one gather from the decoder head: softmax logits and zero-inflation logits at the non-zeros
-        head_idx = rows * gen.head.shape[1] + cols
-        if self.zero_inflated:
-            head_idx = torch.cat([head_idx, head_idx + g])
-        gathered = gen.head.reshape(-1).index_select(0, head_idx)
-        n_nz = x.shape[0]
-        log_mu_nz = gathered[:n_nz] + gen.log_mu_offset[rows]
-        zi_nz = gathered[n_nz:] if self.zero_inflated else None
+        # everything at the non-zeros derives from the decoder's outputs gathered there
+        log_mu_nz = gen.logits.reshape(-1).index_select(0, mb.nz_flat) + gen.log_mu_offset.index_select(0, rows)
+        zi_nz = gen.zi_logits.reshape(-1).index_select(0, mb.nz_flat) if self.zero_inflated else None
         if lik == "poisson":
             # log Poisson(x) = -mu + x log mu - lgamma(x + 1); the softmax makes sum_g mu = library
             full = -torch.exp(gen.library_log)
@@ -392,8 +396,8 @@ class VAE(nn.Module):
             theta = gen.theta
             nb_zero = nb_log_prob_at_zero(gen.mu, theta)
             if theta.dim() == 1:  # one theta per gene: its lgamma is per gene too
-                theta_nz = theta[cols]
-                lgamma_theta_nz = torch.lgamma(theta)[cols]
+                theta_nz = theta.index_select(0, cols)
+                lgamma_theta_nz = torch.lgamma(theta).index_select(0, cols)
             else:
                 theta_nz = theta.reshape(-1).index_select(0, mb.nz_flat)
                 lgamma_theta_nz = torch.lgamma(theta_nz)

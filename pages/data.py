@@ -25,7 +25,7 @@ with st.container(border=True):
     st.subheader("Load data")
     upload_tab, sample_tab, server_tab = st.tabs(["Upload a file", "Sample data", "Server folder"])
     with upload_tab:
-        st.caption(f"Formats: {eio.SUPPORTED_FORMATS}. Up to 2 GB.")
+        st.caption("Formats: " + "; ".join(eio.SUPPORTED_FORMATS) + ". Up to 2 GB.")
         upload = st.file_uploader("Count matrix (cells x genes or genes x cells)", key="upload")
         if upload is not None and upload.file_id != state.last_upload_id:
             state.last_upload_id = upload.file_id
@@ -136,9 +136,24 @@ def quality_control() -> None:
                               upper=thresholds.max_counts), width="stretch")
     v2.plotly_chart(qc_violin(obs, "n_genes_by_counts", groupby=groupby,
                               lower=thresholds.min_genes or None), width="stretch")
-    v3.plotly_chart(qc_violin(obs, "pct_counts_mt", groupby=groupby,
-                              upper=thresholds.max_pct_mt if thresholds.max_pct_mt < 100 else None),
-                    width="stretch")
+    with v3:
+        prefixes = st.text_input("Mitochondrial gene prefixes", ", ".join(state.mito_prefixes),
+                                 help="Genes whose display name starts with one of these count as "
+                                      "mitochondrial. Comma-separated.")
+        chosen = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+        if chosen != state.mito_prefixes:
+            loading.use_mito_prefixes(state, chosen)
+            st.rerun(scope="app")
+        n_mt = int(adata.var["mt"].sum())
+        if n_mt:
+            st.plotly_chart(qc_violin(obs, "pct_counts_mt", groupby=groupby,
+                                      upper=thresholds.max_pct_mt if thresholds.max_pct_mt < 100 else None),
+                            width="stretch")
+            st.caption(f"{n_mt} mitochondrial genes.")
+        else:
+            st.info(f"No gene name starts with {' or '.join(state.mito_prefixes) or '(no prefix)'}: "
+                    "% mitochondrial is 0 for every cell. Change the prefixes if your mitochondrial "
+                    "genes are named differently.")
     s1, s2 = st.columns([2, 1])
     s1.plotly_chart(totals_vs_genes(obs, kept=cells), width="stretch")
     s2.plotly_chart(gene_detection_histogram(adata.var["pct_cells_by_counts"]), width="stretch")

@@ -23,9 +23,9 @@ board = training.job_board()
 with st.form("train_form", border=True):
     st.subheader("Settings")
     c1, c2, c3 = st.columns(3)
-    likelihood = c1.selectbox("Likelihood", list(LIKELIHOOD_HELP), format_func=str.upper,
-                              help="\n\n".join(f"**{k.upper()}**: {v}" for k, v in LIKELIHOOD_HELP.items()))
-    c1.caption(LIKELIHOOD_HELP[likelihood])
+    likelihood = c1.selectbox("Likelihood", list(LIKELIHOOD_HELP),
+                              format_func=lambda k: f"{k.upper()}: {LIKELIHOOD_HELP[k]}",
+                              help="How the model explains each count. Compare runs below to choose.")
     n_latent = c2.slider("Latent size", 2, 64, 10, help="Dimensions of the learned cell representation.")
     batch_options = ["(none)"] + training.batch_columns(filtered)
     batch = c3.selectbox("Batch key", batch_options,

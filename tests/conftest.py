@@ -9,6 +9,7 @@ import pytest
 
 # Each test process uses at most two threads: the machines are 2-core and tests run side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see engine/__init__.py
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data"

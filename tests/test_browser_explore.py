@@ -47,9 +47,11 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     for x, y in ((cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry), (cx - rx, cy - ry + 5)):
         page.mouse.move(x, y, steps=12)
     page.mouse.up()
+    page.screenshot(path=str(ARTIFACTS / "explore_lasso_drawn.png"), full_page=True)
 
-    save = page.get_by_role("button", name=re.compile(r"Save selection as group \([\d,]+ cells\)"))
-    save.wait_for()
+    # The selection reruns the page; the save button then counts the selected cells.
+    save = page.get_by_role("button", name=re.compile(r"Save selection as group \([1-9][\d,]* cells\)"))
+    save.wait_for(timeout=60_000)
     n_selected = int(re.search(r"\(([\d,]+) cells\)", save.inner_text()).group(1).replace(",", ""))
     assert n_selected > 20  # a lasso over the middle 60% of the UMAP catches many cells
     page.get_by_label("Group name").fill("lasso group")
@@ -59,4 +61,5 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     listed = page.locator('[data-testid="stTable"]').get_by_text("lasso group", exact=True)
     listed.wait_for()
     assert page.locator('[data-testid="stTable"]').get_by_text(f"{n_selected:,}").count() >= 1
+    listed.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "explore_lasso_group.png"), full_page=True)

@@ -118,3 +118,15 @@ def test_every_page_renders_without_error(page):
     at.switch_page(page).run()
     assert not at.exception
     assert at.title[0].value
+
+
+def test_mito_prefixes_are_configurable(app):
+    # the Kang panel has no MT- genes: the page says so, and another prefix recomputes the metric
+    assert any("No gene name starts with MT- or mt-" in i.value for i in app.info)
+    next(t for t in app.text_input if t.label == "Mitochondrial gene prefixes").set_value("RPS").run()
+    assert not app.exception
+    state = state_of(app)
+    assert state.mito_prefixes == ("RPS",)
+    pct = state.dataset.adata.obs["pct_counts_mt"]
+    assert pct.max() > 1.0
+    assert any("mitochondrial genes." in c.value for c in app.caption)

@@ -376,6 +376,19 @@ def test_de_validation_errors(kang_small, small_run):
 
 
 @pytest.mark.slow
+def test_de_with_batch_correction_pairs_draws_of_each_batch(kang_small, tmp_path):
+    torch.set_num_threads(1)
+    run = fit(kang_small, params=RunParams(max_epochs=20, seed=0), batch_key="donor", cache_dir=tmp_path)
+    assert run.batch_categories is not None and len(run.batch_categories) > 1
+    b_cells, rest = groups_from_obs(kang_small, groupby="cell_type", group1="B cells", group2="rest")
+    result = differential_expression(run, kang_small, group1=b_cells, group2=rest, batch_correction=True)
+    assert result.batch_correction and result.provenance()["batch_correction"] is True
+    n_batches = len(run.batch_categories)
+    assert result.lfc_sorted.shape == (kang_small.n_vars, min(1000, (10000 // n_batches) * n_batches))
+    assert "CD79A" in _top_up(kang_small, result.table(), 10)
+
+
+@pytest.mark.slow
 def test_de_stim_vs_ctrl_finds_interferon_genes():
     adata = ad.read_h5ad(shared_file("kang_pbmc_stim_ctrl_1556x1267.h5ad"))
     adata.layers["counts"] = adata.X.copy()

@@ -100,3 +100,26 @@ def test_cuda_request_without_gpu_is_a_clear_error(small):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         fit(small.copy(), params=RunParams(max_epochs=1), device="cuda")
+
+
+def test_run_params_validation_and_round_trip():
+    with pytest.raises(ValueError, match="'zinb', 'nb', 'poisson', 'zip', 'gaussian'"):
+        RunParams(likelihood="negbin")
+    with pytest.raises(ValueError, match="'gene', 'gene-batch', 'gene-cell'"):
+        RunParams(dispersion="cell")
+    with pytest.raises(ValueError, match="n_latent"):
+        RunParams(n_latent=0)
+    with pytest.raises(ValueError, match="library='learned'"):
+        RunParams(likelihood="gaussian", library="learned")
+    with pytest.raises(ValueError, match="validation_fraction > 0"):
+        RunParams(validation_fraction=0.0)
+    params = RunParams(likelihood="nb", prior="mixture", max_epochs=7, seed=3)
+    assert RunParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="unknown RunParams"):
+        RunParams.from_dict({**params.to_dict(), "epochs": 3})
+    # scvi-tools' defaults: 400 epochs up to 20k cells, fewer above; warm-up capped at half the run
+    assert RunParams().resolved_max_epochs(12_261) == 400
+    assert RunParams().resolved_max_epochs(100_000) == 80
+    assert RunParams().resolved_kl_warmup_epochs(30) == 15
+    assert RunParams().resolved_kl_warmup_epochs(1000) == 400
+    assert RunParams(kl_warmup_epochs=400).resolved_kl_warmup_epochs(30) == 400
