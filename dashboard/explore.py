@@ -49,9 +49,6 @@ DENOISE_CHUNK = 2048
 SEED = 0
 # Numeric annotations with more distinct values than this are drawn with a colour scale.
 MAX_CATEGORIES = 20
-# Session keys (st.session_state) of what this page remembers between reruns besides AppState.
-_CLUSTERING_KEY = "explore_clustering_of"
-_TSNE_KEY = "explore_tsne_of"
 
 
 def _check(value: str, allowed: type, what: str) -> None:
@@ -141,13 +138,13 @@ def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
     if kind == "UMAP":
         return _umap(run.run_id, state.filtered_key, run.latent)
     tsne = _tsne(run.run_id, state.filtered_key, run.latent)
-    st.session_state.setdefault(_TSNE_KEY, set()).add((run.run_id, state.filtered_key))
+    state.tsne_requested.add((run.run_id, state.filtered_key))
     return tsne
 
 
 def tsne_computed(state: AppState, run) -> bool:
     """Whether this session asked for the t-SNE of ``run`` (then it is cached and exported)."""
-    return (run.run_id, state.filtered_key) in st.session_state.get(_TSNE_KEY, set())
+    return (run.run_id, state.filtered_key) in state.tsne_requested
 
 
 def leiden_clusters(state: AppState, run) -> pd.Categorical:
@@ -169,8 +166,8 @@ def sync_cluster_names(state: AppState) -> bool:
     Returns True when names were dropped, so the page can say so.
     """
     current = _clustering(state)
-    previous = st.session_state.get(_CLUSTERING_KEY)
-    st.session_state[_CLUSTERING_KEY] = current
+    previous = state.cluster_names_for
+    state.cluster_names_for = current
     if previous is not None and previous != current and state.cluster_names:
         state.cluster_names = {}
         return True
@@ -191,7 +188,7 @@ def renamed(labels: pd.Categorical, names: Mapping[str, str]) -> pd.Categorical:
 def cluster_labels(state: AppState, run, filtered: ad.AnnData) -> pd.Series:
     """Leiden clusters of ``run`` at the current resolution with the user's names: a categorical
     Series indexed by ``filtered.obs_names``."""
-    named_for = st.session_state.get(_CLUSTERING_KEY)
+    named_for = state.cluster_names_for
     # Names given on the Explore page to another clustering (the run changed since) do not apply.
     names = state.cluster_names if named_for in (None, _clustering(state)) else {}
     labels = renamed(leiden_clusters(state, run), names)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import anndata as ad
 
-from engine.cache import data_hash, run_id
+from engine.cache import InterruptedRun, clean_stale, data_hash, interrupted_runs, run_id
 from engine.fit import fit
 from engine.params import RunParams
 from engine.training import EpochReport, TrainingCancelled
@@ -78,6 +78,8 @@ class JobBoard:
         self.cache_dir = Path(cache_dir)
         self._lock = threading.Lock()
         self._jobs: dict[str, TrainingJob] = {}
+        # A server killed mid-training left half-written folders: remove them before anyone looks.
+        clean_stale(self.cache_dir)
 
     def start(self, adata: ad.AnnData, *, params: RunParams, batch_key: str | None,
               dataset_name: str = "") -> TrainingJob:
@@ -107,6 +109,11 @@ class JobBoard:
         if data_hash is not None:
             jobs = [j for j in jobs if j.data_hash == data_hash]
         return sorted(jobs, key=lambda j: j.started, reverse=True)
+
+    def interrupted(self, *, data_hash: str | None = None) -> list[InterruptedRun]:
+        """Runs whose training was cut off by a crash or restart of the server (not by a user's
+        cancel), optionally only those on one dataset: the page offers to train them again."""
+        return [r for r in interrupted_runs(self.cache_dir) if data_hash is None or r.data_hash == data_hash]
 
     def _train(self, job: TrainingJob, adata: ad.AnnData) -> None:
         try:

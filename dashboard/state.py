@@ -55,6 +55,10 @@ class AppState:
     # Leiden resolution chosen on the Explore page, and the user's names for clusters ("3" -> "B cells").
     leiden_resolution: float = 1.0
     cluster_names: dict[str, str] = field(default_factory=dict)
+    # The clustering (run id, filtered_key, resolution) that `cluster_names` were given to.
+    cluster_names_for: tuple | None = None
+    # (run id, filtered_key) pairs whose t-SNE this session asked for (then cached and exported).
+    tsne_requested: set[tuple[str, str]] = field(default_factory=set)
 
 
 def get_state() -> AppState:

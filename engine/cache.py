@@ -5,17 +5,24 @@
 epoch) and ``latent.npy`` (posterior means). A run is written into ``cache_dir/.tmp-<run_id>-<random>/``
 and renamed into place in one ``os.replace``, so a crash never leaves a folder that looks finished.
 :func:`run_lock` serialises training of one run id across processes (``fcntl`` advisory lock).
+
+While a run trains, ``cache_dir/.training-<run_id>.json`` says so (:func:`training_marker`). A
+process killed mid-run (SIGKILL, out of memory, power cut) leaves that marker and perhaps a
+``.tmp-`` folder behind, but its lock dies with it: :func:`interrupted_runs` lists such runs and
+:func:`clean_stale` removes the half-written folders.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +40,28 @@ from engine.params import DISPERSED_LIKELIHOODS, RunParams
 __all__ = [
     "MODEL_FORMAT_VERSION",
     "CorruptRunError",
+    "InterruptedRun",
     "Run",
     "RunInfo",
     "cells_hash",
+    "clean_stale",
     "counts_matrix",
     "data_hash",
     "has_run",
     "delete_run",
+    "interrupted_runs",
     "list_runs",
     "load_run",
     "run_id",
     "run_lock",
     "save_run",
+    "training_marker",
 ]
 
 #: Bump when the module layout or the meaning of a parameter changes: old runs then miss the cache.
 MODEL_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
+MARKER_PREFIX = ".training-"
 FILES = ("model.pt", "run.json", "history.csv", "latent.npy")
 
 
@@ -83,6 +95,18 @@ class Run:
     @property
     def n_batch(self) -> int:
         return len(self.batch_categories) if self.batch_categories else 1
+
+
+@dataclass(frozen=True)
+class InterruptedRun:
+    """A run whose training process died before saving it (see :func:`interrupted_runs`)."""
+
+    run_id: str
+    data_hash: str
+    batch_key: str | None
+    params: dict[str, Any]
+    n_cells: int
+    started: str  # ISO date
 
 
 @dataclass(frozen=True)
@@ -251,6 +275,9 @@ def _read_info(path: Path) -> dict[str, Any]:
         missing = [f for f in FILES if not (path / f).is_file()]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
+        # torch.save writes a zip: its directory sits at the end, so a cut file fails this cheap test
+        if not zipfile.is_zipfile(path / "model.pt"):
+            raise ValueError("model.pt is truncated or not a saved state_dict")
         for key in ("params", "metrics", "batch_key", "batch_categories", "var_names", "data_hash"):
             info[key]  # noqa: B018 - KeyError when absent
     except Exception as err:  # noqa: BLE001
@@ -295,11 +322,102 @@ def list_runs(cache_dir: str | os.PathLike[str], *, data_hash: str | None = None
 
 
 def delete_run(cache_dir: str | os.PathLike[str], run_id: str) -> None:
-    """Remove a run folder (no error when it does not exist)."""
+    """Remove a run folder and any note that its training was interrupted (no error when absent)."""
     path = Path(cache_dir) / run_id
     if path.name != run_id or run_id.startswith("."):
         raise ValueError(f"{run_id!r} is not a run id")
     shutil.rmtree(path, ignore_errors=True)
+    _marker(Path(cache_dir), run_id).unlink(missing_ok=True)
+
+
+def _marker(cache_dir: Path, run_id: str) -> Path:
+    return cache_dir / f"{MARKER_PREFIX}{run_id}.json"
+
+
+@contextlib.contextmanager
+def training_marker(
+    cache_dir: str | os.PathLike[str], run_id: str, *, data_hash_: str, params: RunParams,
+    batch_key: str | None, n_cells: int,
+) -> Iterator[None]:
+    """Note in ``cache_dir`` that ``run_id`` is training; the note goes when the block ends, however
+    it ends, unless the process is killed: then :func:`interrupted_runs` finds it. Hold
+    :func:`run_lock` around it (``fit`` does), so a live trainer is told from a dead one."""
+    import datetime as dt
+
+    path = _marker(Path(cache_dir), run_id)
+    note = {"run_id": run_id, "data_hash": data_hash_, "batch_key": batch_key,
+            "params": params.to_dict(), "n_cells": int(n_cells), "pid": os.getpid(),
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    path.write_text(json.dumps(note))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_is_free(cache_dir: Path, run_id: str) -> bool:
+    """Whether nobody (no thread, no process) holds :func:`run_lock` for ``run_id`` right now."""
+    path = cache_dir / f"{run_id}.lock"
+    if not path.exists():
+        return True
+    with open(path, "a+") as handle:
+        try:
+            # flock locks belong to open files, so this conflicts with a lock held by another
+            # thread of this process too; a killed process's locks are released by the kernel.
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return True
+
+
+def interrupted_runs(cache_dir: str | os.PathLike[str]) -> list[InterruptedRun]:
+    """Runs whose training started but whose process died before saving them, newest first.
+
+    Training them again (``fit`` with the same data and parameters) clears the note, as does
+    :func:`delete_run`.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    found = []
+    for path in cache_dir.glob(f"{MARKER_PREFIX}*.json"):
+        rid = path.name[len(MARKER_PREFIX):-len(".json")]
+        if has_run(cache_dir, rid) or not _lock_is_free(cache_dir, rid):
+            continue  # finished after all, or still training
+        try:
+            note = json.loads(path.read_text())
+            found.append(InterruptedRun(run_id=rid, data_hash=str(note["data_hash"]),
+                                        batch_key=note["batch_key"], params=dict(note["params"]),
+                                        n_cells=int(note["n_cells"]), started=str(note["started"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a note cut short by the crash itself: the run is simply not listed
+    return sorted(found, key=lambda r: r.started, reverse=True)
+
+
+def clean_stale(cache_dir: str | os.PathLike[str]) -> list[str]:
+    """Remove what killed writers left behind; return the names removed.
+
+    That is ``.tmp-<run_id>-*`` folders of runs nobody is training now (their :func:`run_lock` is
+    free), and notes of interrupted runs that have since been saved. Safe to call at any time, from
+    any process: folders being written under a held lock are left alone.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    removed = []
+    for path in cache_dir.iterdir():
+        if path.name.startswith(TMP_PREFIX) and path.is_dir():
+            rid = path.name[len(TMP_PREFIX):].rsplit("-", 1)[0]
+            if _lock_is_free(cache_dir, rid):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        elif path.name.startswith(MARKER_PREFIX) and path.name.endswith(".json"):
+            rid = path.name[len(MARKER_PREFIX):-len(".json")]
+            if has_run(cache_dir, rid) and _lock_is_free(cache_dir, rid):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    return sorted(removed)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from engine.memory import check_dense_size
+
 if TYPE_CHECKING:
     from engine.cache import Run
 
@@ -255,6 +257,13 @@ def differential_expression(
     cells2 = _sample_cells(np.flatnonzero(mask2), max_cells_per_group, rng)
     draws_per_batch = max(n_samples // len(batches), 2)
     pairs_per_batch = max(n_pairs // len(batches), 2)
+    # Every draw of both groups is held at once, and again gene-major in summarize_lfc.
+    check_dense_size(
+        2 * len(batches) * (draws_per_batch + max_cells_per_group), counts.shape[1], n_matrices=2,
+        what="The posterior samples for differential expression",
+        advice="lower n_samples (posterior draws per group), train on fewer genes, or turn batch "
+               "correction off",
+    )
 
     draws1: list[np.ndarray] = []
     draws2: list[np.ndarray] = []

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .inference import heldout_elbo, latent_activity, posterior_predictive
+from .memory import check_dense_size
 from .params import COUNT_LIKELIHOODS
 
 
@@ -45,6 +46,10 @@ def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
     predictive sample of the same (at most ``n_cells``, seeded random) cells."""
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(adata.n_obs, min(n_cells, adata.n_obs), replace=False))
+    # observed and sampled counts, float32, plus the float64 samples of one minibatch
+    check_dense_size(len(idx), len(run.var_names), n_matrices=4,
+                     what="The posterior predictive check",
+                     advice="check fewer cells (n_cells) or train on fewer genes")
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
     observed = counts[idx]
     observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)

@@ -28,6 +28,7 @@ from engine.cache import (
     CorruptRunError,
     Run,
     cells_hash,
+    clean_stale,
     counts_matrix,
     data_hash,
     delete_run,
@@ -35,6 +36,7 @@ from engine.cache import (
     run_id_from_hash,
     run_lock,
     save_run,
+    training_marker,
 )
 from engine.counts import check_counts
 from engine.inference import posterior_means
@@ -116,6 +118,7 @@ def fit(
         run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device)
         run.metrics["cells_hash"] = cells_hash(adata)
     else:
+        clean_stale(cache_dir)  # folders half-written by a killed process
         with run_lock(cache_dir, rid):
             try:
                 run = load_run(cache_dir, rid)
@@ -123,11 +126,14 @@ def fit(
                 delete_run(cache_dir, rid)
                 run = None
             if run is None:
-                run = _train_run(
-                    counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device
-                )
-                run.metrics["cells_hash"] = cells_hash(adata)
-                save_run(run, cache_dir, data_hash_=dhash)
+                with training_marker(cache_dir, rid, data_hash_=dhash, params=params,
+                                     batch_key=batch_key, n_cells=adata.n_obs):
+                    run = _train_run(
+                        counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop,
+                        device,
+                    )
+                    run.metrics["cells_hash"] = cells_hash(adata)
+                    save_run(run, cache_dir, data_hash_=dhash)
     write_to_adata(adata, run)
     return run
 

@@ -21,6 +21,7 @@ __all__ = [
     "log_zinb_positive",
     "log_zip_positive",
     "nb_log_prob_at_zero",
+    "sparse_nb_log_likelihood",
 ]
 
 
@@ -85,3 +86,153 @@ def log_zip_positive(x: torch.Tensor, mu: torch.Tensor, zi_logits: torch.Tensor)
 def log_normal(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """Gaussian log-density (used on log1p-normalised counts): ``log N(x | mean, var)``."""
     return -0.5 * (math.log(2 * math.pi) + torch.log(var) + (x - mean) ** 2 / var)
+
+
+def _digamma(y: torch.Tensor) -> torch.Tensor:
+    """``digamma(y)`` for ``y > 0`` in ~20 vectorised ops (torch's CPU digamma is ~10x slower per entry).
+
+    Six steps of ``digamma(y) = digamma(y + 1) - 1 / y``, then the asymptotic series at ``y + 6 >= 6``
+    (truncation error below 1e-10).
+    """
+    shifted = y + 6.0
+    inv = shifted.reciprocal()
+    inv2 = inv * inv
+    series = inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252 - inv2 * (1.0 / 240 - inv2 / 132))))
+    out = torch.log(shifted).sub_(inv * 0.5).sub_(series)
+    for k in range(6):
+        out.sub_((y + k).reciprocal_())
+    return out
+
+
+def _softplus(y: torch.Tensor) -> torch.Tensor:
+    """``softplus(y) = max(y, 0) + log(1 + exp(-|y|))`` with vectorised exp/log (2x torch's CPU
+    softplus); ``log(1 + e)`` for ``e <= 1`` is off by less than 1.2e-7 in float32, far below what a
+    per-cell sum over genes resolves. ``sigmoid(y) = exp(y - softplus(y))`` reuses it."""
+    return y.abs().neg_().exp_().add_(1.0).log_().add_(y.clamp_min(0.0))
+
+
+class _SparseNegativeBinomialSum(torch.autograd.Function):
+    """Per-cell sum of the (zero-inflated) NB log-likelihood from the decoder's raw outputs.
+
+    Inputs: softmax ``logits`` (n, G), ``library_log`` (n,), ``theta`` (G,) or (n, G), ``zi_logits``
+    (n, G) or None, and the minibatch's non-zero counts ``x`` at flat positions ``nz_flat`` (rows
+    ``nz_rows``, genes ``nz_cols``). Returns ``sum_g log p(x_g) + sum_g lgamma(x_g + 1)`` per cell
+    (the data constant is left to the caller). The value is "all counts zero" on the full matrix
+    plus a correction at the non-zeros; the gradients are analytic and computed in the same pass:
+    autograd through the plain formula's ~20 element-wise ops per entry costs twice the forward and
+    keeps every intermediate alive, and on CPU each full-matrix op is a pass over memory.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, library_log, theta, zi_logits, nz_flat, nz_rows, nz_cols, x, with_grads):  # noqa: D102
+        eps = 1e-8
+        # mu = library * softmax(logits); lse kept for log(mu) at the non-zeros (no log of a tiny mu)
+        m = logits.amax(-1, keepdim=True)
+        mu = torch.sub(logits, m).exp_()
+        log_s = torch.log(mu.sum(-1, keepdim=True))
+        mu.mul_(torch.exp(library_log.unsqueeze(-1) - log_s))
+        log_mu_offset = (library_log - (m + log_s).squeeze(-1)).index_select(0, nz_rows)
+        gene_theta = theta.dim() == 1
+        neg_theta = theta.neg()
+        inv_te = (theta + eps).reciprocal_()
+        u = mu * inv_te
+        lp = torch.log1p(u)  # log NB(0) = -theta * lp
+
+        def at_nz(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(-1).index_select(0, nz_flat)
+
+        def per_nz(t: torch.Tensor) -> torch.Tensor:  # a (G,) or (n, G) parameter at the non-zeros
+            return t.index_select(0, nz_cols) if gene_theta else at_nz(t)
+
+        theta_nz, inv_te_nz = per_nz(theta), per_nz(inv_te)
+        lgamma_theta_nz = per_nz(torch.lgamma(theta)) if gene_theta else torch.lgamma(theta_nz)
+        mu_nz, lp_nz = at_nz(mu), at_nz(lp)
+        x_theta = x + theta_nz
+        # log NB(x) - log NB(0) at x > 0: x log(mu / (theta + mu)) + lgamma(x + theta) - lgamma(theta)
+        # with log(theta + mu) = log(theta) + lp (lgamma(x + 1) is the caller's constant)
+        correction = (at_nz(logits) + log_mu_offset).add_(torch.log(inv_te_nz)).sub_(lp_nz).mul_(x)
+        correction.add_(torch.lgamma(x_theta)).sub_(lgamma_theta_nz)
+        if zi_logits is not None:
+            # log p(0) = softplus(nb0 - zi) - softplus(-zi); at x > 0: log(1 - pi) + log NB(x) - log p(0)
+            neg_zi = zi_logits.neg()
+            shifted = torch.addcmul(neg_zi, lp, neg_theta)  # nb0 - zi
+            soft_shifted = _softplus(shifted)
+            soft_zi = _softplus(neg_zi)
+            correction.add_(at_nz(shifted)).sub_(at_nz(soft_shifted))
+            full = torch.sub(soft_shifted, soft_zi).sum(-1)
+        else:
+            full = torch.mul(lp, neg_theta).sum(-1)
+        out = full.index_add_(0, nz_rows, correction)
+        ctx.gene_theta = gene_theta
+        ctx.grads = None
+        if with_grads:
+            # d(cell's sum)/d(each input entry); backward only scales them by the incoming gradient.
+            # d/d nb0 of the zero part: sigmoid(nb0 - zi) at zeros, 1 at the non-zeros (there the
+            # correction swaps log p(0) for log(1 - pi) + log NB(x)); plain NB: 1 everywhere
+            g_nb0 = d_zi = None
+            if zi_logits is not None:
+                g_nb0 = shifted.sub_(soft_shifted).exp_()  # sigmoid(shifted), in its buffer
+                g_nb0.view(-1).index_fill_(0, nz_flat, 1.0)
+                d_zi = neg_zi.sub_(soft_zi).exp_().sub_(g_nb0)  # sigmoid(-zi) - g_nb0
+            # nb0 = -theta lp: d/dlog(mu) = -theta v, d/dtheta = -lp + theta / te * v, v = mu / (te + mu)
+            v = u.div_(u + 1.0)
+            d_log_mu = v.mul_(neg_theta)
+            if g_nb0 is not None:
+                d_log_mu.mul_(g_nb0)
+            d_theta = d_log_mu * inv_te.neg()
+            if g_nb0 is not None:
+                d_theta.addcmul_(g_nb0, lp, value=-1.0)
+            else:
+                d_theta.sub_(lp)
+            # the correction: d/dlog(mu) = x (1 - v), d/dtheta = digamma(x + theta) - digamma(theta) - x / (te + mu)
+            te_mu_nz = inv_te_nz.reciprocal().add_(mu_nz)
+            d_log_mu.view(-1).index_add_(0, nz_flat, x - x * mu_nz / te_mu_nz)
+            digamma_theta_nz = per_nz(torch.digamma(theta)) if gene_theta else _digamma(theta_nz)
+            d_theta_nz = _digamma(x_theta).sub_(digamma_theta_nz).sub_(x / te_mu_nz)
+            d_theta.view(-1).index_add_(0, nz_flat, d_theta_nz)
+            # through mu = exp(library_log) softmax(logits): d/dlogits = d_log_mu - softmax * sum(d_log_mu)
+            d_library = d_log_mu.sum(-1)
+            d_logits = d_log_mu.sub_(mu.mul_((d_library * torch.exp(-library_log)).unsqueeze(-1)))
+            ctx.grads = (d_logits, d_library, d_theta, d_zi)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        d_logits, d_library, d_theta, d_zi = ctx.grads
+        ctx.grads = None
+        g = grad_out.unsqueeze(-1)
+        need = ctx.needs_input_grad
+        grad_theta = None
+        if need[2]:
+            grad_theta = torch.mv(d_theta.t(), grad_out) if ctx.gene_theta else d_theta * g
+        return (
+            d_logits * g if need[0] else None,
+            d_library * grad_out if need[1] else None,
+            grad_theta,
+            d_zi * g if need[3] and d_zi is not None else None,
+            None, None, None, None, None,
+        )  # fmt: skip
+
+
+def sparse_nb_log_likelihood(
+    logits: torch.Tensor,
+    library_log: torch.Tensor,
+    theta: torch.Tensor,
+    zi_logits: torch.Tensor | None,
+    nz_flat: torch.Tensor,
+    nz_rows: torch.Tensor,
+    nz_cols: torch.Tensor,
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_g [log NB(x_g | mu_g, theta_g) + lgamma(x_g + 1)]`` per cell (ZINB when ``zi_logits``).
+
+    ``mu = exp(library_log) * softmax(logits)``; the counts are given by their non-zero entries
+    (values ``x`` at flat indices ``nz_flat`` of the (n, G) matrix, with rows ``nz_rows`` and
+    columns ``nz_cols``). Equals the per-cell sum of :func:`log_zinb_positive` /
+    :func:`log_nb_positive` plus ``sum_g lgamma(x_g + 1)``, with analytic gradients (tested against
+    autograd of the plain formulas).
+    """
+    # grad mode is off inside Function.forward: decide here whether the local gradients are needed
+    inputs = (logits, library_log, theta, zi_logits)
+    with_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _SparseNegativeBinomialSum.apply(*inputs, nz_flat, nz_rows, nz_cols, x, with_grads)

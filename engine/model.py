@@ -27,10 +27,10 @@ from scipy.special import gammaln
 import torch.nn.functional as F
 from torch import nn
 
-from engine.likelihoods import log_normal, nb_log_prob_at_zero
+from engine.likelihoods import log_normal, sparse_nb_log_likelihood
 from engine.params import DISPERSED_LIKELIHOODS, RunParams
 
-__all__ = ["Minibatch", "InferenceOutputs", "GenerativeOutputs", "LossParts", "VAE", "iterate_minibatches"]
+__all__ = ["CellConstants", "Minibatch", "InferenceOutputs", "GenerativeOutputs", "LossParts", "VAE", "iterate_minibatches"]
 
 # Minimum variance of q(z|x) and q(l|x), as scvi-tools' Encoder.var_eps: keeps log-variances finite.
 VAR_EPS = 1e-4
@@ -68,8 +68,23 @@ class Minibatch:
         """The minibatch as a dense ``(n_cells, n_genes)`` matrix (of ``values`` at the non-zeros)."""
         values = self.nz_values if values is None else values
         out = torch.zeros(self.n_cells * self.n_genes, dtype=values.dtype, device=values.device)
-        out[self.nz_flat] = values
-        return out.view(self.n_cells, self.n_genes)
+        return out.scatter_(0, self.nz_flat, values).view(self.n_cells, self.n_genes)  # 2x index_put's speed
+
+
+@dataclass(frozen=True)
+class CellConstants:
+    """Per-cell constants of a counts matrix: ``log`` library size and ``sum_g lgamma(x_g + 1)``.
+
+    Computed once per data set (:meth:`of`) and handed to :func:`iterate_minibatches`, so that
+    training does not recompute ``lgamma`` of every non-zero count every epoch.
+    """
+
+    library_log: np.ndarray
+    log_factorial: np.ndarray
+
+    @classmethod
+    def of(cls, counts: sp.csr_matrix) -> CellConstants:
+        return cls(library_log=_library_log(counts), log_factorial=_log_factorial(counts))
 
 
 def iterate_minibatches(
@@ -81,11 +96,13 @@ def iterate_minibatches(
     *,
     min_size: int = 1,
     dtype: torch.dtype = torch.float32,
+    constants: CellConstants | None = None,
 ) -> Iterator[Minibatch]:
     """Minibatches of the cells ``order`` (in that order) of ``counts`` (cells x genes CSR).
 
     Built a chunk of minibatches at a time with vectorised numpy; minibatches smaller than
-    ``min_size`` (only ever the last one) are skipped.
+    ``min_size`` (only ever the last one) are skipped. ``constants`` (``CellConstants.of(counts)``)
+    saves recomputing the per-cell constants when the same cells are iterated again.
     """
     n_genes = counts.shape[1]
     chunk = batch_size * CHUNK_MINIBATCHES
@@ -101,8 +118,12 @@ def iterate_minibatches(
         t_cols = torch.from_numpy(cols).to(device)
         t_vals = torch.from_numpy(block.data).to(device=device, dtype=dtype)
         t_batch = torch.from_numpy(batch_index[cells].astype(np.int64)).to(device)
-        t_lib = torch.from_numpy(_library_log(block)).to(device=device, dtype=dtype)
-        t_fact = torch.from_numpy(_log_factorial(block)).to(device=device, dtype=dtype)
+        if constants is None:
+            lib, fact = _library_log(block), _log_factorial(block)
+        else:
+            lib, fact = constants.library_log[cells], constants.log_factorial[cells]
+        t_lib = torch.from_numpy(lib).to(device=device, dtype=dtype)
+        t_fact = torch.from_numpy(fact).to(device=device, dtype=dtype)
         for b0 in range(0, len(cells), batch_size):
             b1 = min(b0 + batch_size, len(cells))
             if b1 - b0 < min_size:
@@ -379,6 +400,10 @@ class VAE(nn.Module):
             mean = torch.log1p(torch.exp(gen.log_rho) * GAUSSIAN_SCALE)
             return log_normal(observed, mean, gen.var).sum(-1)
         rows, cols, x = mb.nz_rows, mb.nz_cols, mb.nz_values
+        if lik in ("nb", "zinb"):  # one fused pass with analytic gradients (engine.likelihoods)
+            zi = gen.zi_logits if lik == "zinb" else None
+            total = sparse_nb_log_likelihood(gen.logits, gen.library_log, gen.theta, zi, mb.nz_flat, rows, cols, x)
+            return total - mb.log_factorial
         # everything at the non-zeros derives from the decoder's outputs gathered there
         log_mu_nz = gen.logits.reshape(-1).index_select(0, mb.nz_flat) + gen.log_mu_offset.index_select(0, rows)
         zi_nz = gen.zi_logits.reshape(-1).index_select(0, mb.nz_flat) if self.zero_inflated else None
@@ -386,35 +411,12 @@ class VAE(nn.Module):
             # log Poisson(x) = -mu + x log mu - lgamma(x + 1); the softmax makes sum_g mu = library
             full = -torch.exp(gen.library_log)
             correction = x * log_mu_nz
-        elif lik == "zip":
+        else:  # zip
             zi = gen.zi_logits
             full = (F.softplus(-gen.mu - zi) - F.softplus(-zi)).sum(-1)
             mu_nz = torch.exp(log_mu_nz)
             # log(1-pi) - mu + x log mu  minus  log p(0) = softplus(-mu - zi) - softplus(-zi)
             correction = -zi_nz - mu_nz + x * log_mu_nz - F.softplus(-mu_nz - zi_nz)
-        else:
-            theta = gen.theta
-            nb_zero = nb_log_prob_at_zero(gen.mu, theta)
-            if theta.dim() == 1:  # one theta per gene: its lgamma is per gene too
-                theta_nz = theta.index_select(0, cols)
-                lgamma_theta_nz = torch.lgamma(theta).index_select(0, cols)
-            else:
-                theta_nz = theta.reshape(-1).index_select(0, mb.nz_flat)
-                lgamma_theta_nz = torch.lgamma(theta_nz)
-            mu_nz = torch.exp(log_mu_nz)
-            nb_zero_nz = nb_log_prob_at_zero(mu_nz, theta_nz)
-            # log NB(x) - log NB(0) for x > 0 (lgamma(x + 1) is in mb.log_factorial)
-            nb_extra = (
-                x * (log_mu_nz - torch.log(theta_nz + mu_nz + 1e-8)) + torch.lgamma(x + theta_nz) - lgamma_theta_nz
-            )
-            if lik == "nb":
-                full = nb_zero.sum(-1)
-                correction = nb_extra
-            else:  # zinb: log(1-pi) + log NB(x)  minus  log p(0) = softplus(nb0 - zi) - softplus(-zi)
-                zi = gen.zi_logits
-                full = (F.softplus(nb_zero - zi) - F.softplus(-zi)).sum(-1)
-                shifted = nb_zero_nz - zi_nz
-                correction = shifted - F.softplus(shifted) + nb_extra
         return full + _row_sum(correction, rows, mb.n_cells) - mb.log_factorial
 
     def kl_z(self, inf: InferenceOutputs) -> torch.Tensor:

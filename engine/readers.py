@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.io import mmread
 
-from engine import genes
+from engine import genes, memory
 
 Format = Literal["h5ad", "10x_h5", "loom", "csv", "mtx_dir", "archive"]
 Orientation = Literal["cells x genes", "genes x cells"]
@@ -103,11 +103,29 @@ def corrupt(path: Path, kind: str, err: BaseException) -> ValueError:
 
 
 def read_h5ad(path: Path) -> ParsedFile:
+    _check_dense_x(path)
     try:
         adata = anndata.read_h5ad(path)
     except Exception as err:  # anndata raises OSError/KeyError/ValueError from deep inside h5py
         raise _diagnose_h5ad(path, err) from err
     return ParsedFile(adata)
+
+
+def _check_dense_x(path: Path) -> None:
+    """Refuse a dense X too large for memory before anndata reads it (the OOM killer would not ask)."""
+    try:
+        with h5py.File(path, "r") as f:
+            x = f.get("X")
+            if not isinstance(x, h5py.Dataset) or x.ndim != 2:
+                return  # sparse (a group) or absent: nothing dense to read
+            shape, itemsize = x.shape, x.dtype.itemsize
+    except Exception:  # noqa: BLE001 - unreadable files get their message from read_h5ad
+        return
+    # the matrix as stored, plus its float32 copy while it becomes sparse
+    memory.check_dense_size(shape[0], shape[1], what=f"'{path.name}' stores X dense, which",
+                     itemsize=itemsize, n_matrices=2,
+                     advice="save X as a sparse matrix before uploading "
+                            "(adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(...))")
 
 
 def _diagnose_h5ad(path: Path, err: BaseException) -> ValueError:
@@ -190,7 +208,7 @@ def read_table(path: Path, *, transpose: bool | None) -> ParsedFile:
     try:
         with _open_text(path) as handle:
             first_line = handle.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
         raise corrupt(path, "a text table", err) from err
     sep = _separator(path.name, first_line)
     # The header is parsed apart: pandas would rename a repeated column "TBCE" to "TBCE.1", while
@@ -203,7 +221,7 @@ def read_table(path: Path, *, transpose: bool | None) -> ParsedFile:
         frame = pd.read_csv(
             path, sep=sep, header=None, skiprows=1, index_col=0, compression="infer", low_memory=False
         )
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, pd.errors.ParserError) as err:
         raise corrupt(path, "a text table", err) from err
     except pd.errors.EmptyDataError as err:
         raise ValueError(f"'{path.name}' holds no table: the file has no rows. Upload a non-empty table.") from err
@@ -338,7 +356,7 @@ def read_mtx_dir(folder: Path, *, shown_name: str | None = None) -> ParsedFile:
             matrix = sparse.csr_matrix(mmread(handle), dtype=np.float32)
         features = _read_tsv(features_path)
         barcodes = _read_tsv(barcodes_path)
-    except (OSError, EOFError, ValueError, IndexError, pd.errors.ParserError) as err:
+    except (OSError, EOFError, ValueError, IndexError, zlib.error, pd.errors.ParserError) as err:
         raise corrupt(matrix_path, "part of a 10x MTX folder", err) from err
     n_genes, n_cells = matrix.shape  # 10x stores genes x cells
     if len(features) != n_genes or len(barcodes) != n_cells:
@@ -391,7 +409,7 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------- archive
 
-_WANTED = set(_MTX_NAMES + _FEATURE_NAMES + _BARCODE_NAMES)
+_WANTED = frozenset(_MTX_NAMES + _FEATURE_NAMES + _BARCODE_NAMES)
 
 
 def read_archive(path: Path) -> ParsedFile:
@@ -407,8 +425,8 @@ def _extract_10x_members(path: Path, dest: Path) -> None:
     Member names are never used as paths on disk (each file is written as ``dest/<basename>``), so
     ``../`` or absolute member names cannot escape ``dest``; links and devices are skipped.
     """
-    with _open_archive(path) as (names, read_member):
-        safe = [n for n in names if _is_safe_member(n)]
+    with _open_archive(path) as (sizes, read_member):
+        safe = [n for n in sizes if _is_safe_member(n)]
         folders = {str(PurePosixPath(n).parent) for n in safe if PurePosixPath(n).name in _MTX_NAMES}
         if not folders:
             listed = ", ".join(sorted(safe)[:8]) or "nothing"
@@ -417,10 +435,18 @@ def _extract_10x_members(path: Path, dest: Path) -> None:
                 "contain a 10x MTX folder (matrix.mtx, features.tsv, barcodes.tsv)."
             )
         folder = min(folders, key=lambda f: (len(PurePosixPath(f).parts), f))
-        for name in safe:
-            member = PurePosixPath(name)
-            if str(member.parent) == folder and member.name in _WANTED:
-                (dest / member.name).write_bytes(read_member(name))
+        chosen = [n for n in safe if str(PurePosixPath(n).parent) == folder and PurePosixPath(n).name in _WANTED]
+        # Each member is read whole: refuse an archive that unpacks to more than memory allows
+        # (a "zip bomb" of a few MB can declare gigabytes; reads stop at the declared size).
+        unpacked, spare = sum(sizes[n] for n in chosen), memory.MEMORY_FRACTION * memory.available_memory()
+        if unpacked > spare:
+            raise ValueError(
+                f"'{path.name}' unpacks to {memory.format_bytes(unpacked)}, more than the "
+                f"{memory.format_bytes(spare)} this machine can spare: upload the 10x .h5 file Cell Ranger "
+                "wrote (filtered_feature_bc_matrix.h5) instead, or a smaller dataset."
+            )
+        for name in chosen:
+            (dest / PurePosixPath(name).name).write_bytes(read_member(name))
 
 
 def _is_safe_member(name: str) -> bool:
@@ -429,12 +455,12 @@ def _is_safe_member(name: str) -> bool:
 
 
 @contextmanager
-def _open_archive(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
+def _open_archive(path: Path) -> Iterator[tuple[dict[str, int], Callable[[str], bytes]]]:
+    """The archive's files with their unpacked sizes in bytes, and a function reading one."""
     try:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
-                names = [i.filename for i in archive.infolist() if not i.is_dir()]
-                yield names, archive.read
+                yield {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}, archive.read
         else:
             with tarfile.open(path, "r:*") as archive:
                 members = {m.name: m for m in archive.getmembers() if m.isfile()}
@@ -443,7 +469,7 @@ def _open_archive(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes
                     handle = archive.extractfile(members[name])
                     return handle.read() if handle is not None else b""
 
-                yield list(members), read_member
+                yield {name: m.size for name, m in members.items()}, read_member
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise corrupt(path, "a .zip/.tar.gz archive", err) from err
 

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from engine.model import VAE, Minibatch, iterate_minibatches
+from engine.model import VAE, CellConstants, Minibatch, iterate_minibatches
 from engine.params import RunParams
 
 __all__ = [
@@ -212,8 +212,9 @@ def _train_once(
     optimizer = torch.optim.Adam(
         module.parameters(), lr=lr, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY, fused=True
     )
+    constants = CellConstants.of(counts)
     validation = list(
-        iterate_minibatches(counts, batch_index, val_idx, VALIDATION_BATCH_SIZE, device)
+        iterate_minibatches(counts, batch_index, val_idx, VALIDATION_BATCH_SIZE, device, constants=constants)
     )
     history: list[EpochReport] = []
     best_elbo, best_epoch, best_state = -math.inf, 0, None
@@ -225,7 +226,7 @@ def _train_once(
         n_seen = 0
         order = train_idx[shuffle_rng.permutation(len(train_idx))]
         for mb in iterate_minibatches(
-            counts, batch_index, order, params.batch_size, device, min_size=MIN_MINIBATCH
+            counts, batch_index, order, params.batch_size, device, min_size=MIN_MINIBATCH, constants=constants
         ):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training was cancelled")

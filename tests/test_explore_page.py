@@ -162,14 +162,13 @@ def test_batch_panel_shows_embeddings_and_metrics(app):
     assert any(t.startswith("scVI latent: by cluster") for t in titles)
 
 
-def test_tsne_is_computed_when_chosen_and_exported(app, monkeypatch):
+def test_tsne_is_computed_when_chosen_and_exported(app):
     at, state, run = app
     at.radio(key="explore_embedding").set_value("t-SNE").run()
     assert not at.exception, at.exception
     assert "t-SNE" in scatter(at)["layout"]["title"]["text"]
-    # The page remembers the choice in its session; outside the app, say the same.
-    assert (run.run_id, state.filtered_key) in at.session_state[ex._TSNE_KEY]
-    monkeypatch.setattr(ex, "tsne_computed", lambda state, run: True)
+    # The session remembers the choice, so the export includes the t-SNE.
+    assert (run.run_id, state.filtered_key) in state.tsne_requested
     adata = ex.explored_adata(state)
     assert adata.obsm["X_tsne"].shape == (state.filtered.n_obs, 2)
     assert adata.obsm["X_umap"].shape == (state.filtered.n_obs, 2)
