@@ -47,12 +47,17 @@ def _prepare(adata: ad.AnnData) -> ad.AnnData:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _read_bytes(digest: str, suffix: str, transpose: bool | None, _data: bytes) -> ad.AnnData:
+def _read_bytes(digest: str, suffix: str, transpose: bool | None, _data: bytes, _file_name: str) -> ad.AnnData:
     # `digest` identifies `_data` (not hashed by Streamlit: hashing gigabytes twice is slow).
     with tempfile.TemporaryDirectory(prefix="atlas-upload-") as tmp:
         path = Path(tmp) / ("upload" + suffix)
         path.write_bytes(_data)
-        return _prepare(eio.read_counts(path, transpose=transpose))
+        try:
+            return _prepare(eio.read_counts(path, transpose=transpose))
+        except ValueError as err:
+            # The engine names the temporary copy; the user knows the file by its own name.
+            message = str(err).replace(path.name, _file_name).replace(Path(tmp).name, _file_name)
+            raise ValueError(message) from err
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -63,10 +68,16 @@ def _read_path(path: str, mtime: float, transpose: bool | None) -> ad.AnnData:
 def read_upload(file_name: str, data: bytes, *, transpose: bool | None = None) -> Dataset:
     """Read an uploaded file's bytes; raises ValueError with a message for the page."""
     suffix = upload_suffix(file_name)
+    if suffix in (".mtx", ".mtx.gz"):
+        raise ValueError(
+            f"'{file_name}' alone cannot be read: a 10x matrix.mtx has no gene or cell names, they are "
+            "in features.tsv and barcodes.tsv beside it. Upload the whole folder as a .zip or .tar.gz, "
+            "or the .h5 file Cell Ranger wrote."
+        )
     if not data:
         raise ValueError(f"'{file_name}' is empty (0 bytes): upload the file again or pick another.")
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    adata = _read_bytes(digest, suffix, transpose, data)
+    adata = _read_bytes(digest, suffix, transpose, data, file_name)
     return Dataset(name=file_name, key=f"upload:{digest}:{transpose}", adata=adata, source="upload")
 
 

@@ -135,12 +135,16 @@ def submit(state: AppState, form: TrainForm, board: JobBoard) -> None:
     rid = ecache.run_id(data, params=params, batch_key=check.batch_key)
     t0 = time.perf_counter()
     if ecache.has_run(cache_dir(), rid):
-        load_run(rid)
-        state.active_run_id = rid
-        state.training_message = (
-            "success", f"Loaded from cache in {time.perf_counter() - t0:.2f} s (run {rid[:10]}). "
-            f"It is now the active run. {notes}".strip())
-        return
+        try:
+            load_run(rid)
+        except ecache.CorruptRunError:
+            pass  # damaged on disk: train it again below (fit replaces the folder)
+        else:
+            state.active_run_id = rid
+            state.training_message = (
+                "success", f"Loaded from cache in {time.perf_counter() - t0:.2f} s (run {rid[:10]}). "
+                f"It is now the active run. {notes}".strip())
+            return
     board.start(data, params=params, batch_key=check.batch_key, dataset_name=state.dataset.name)
     state.watched_job = rid
     st.query_params["run"] = rid

@@ -11,10 +11,11 @@ from anndata import AnnData
 def leiden_labels(connectivities: sp.spmatrix, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
     """Leiden communities of a symmetric weighted graph, numbered 0, 1, ... by decreasing size.
 
-    Uses igraph's C implementation of Leiden (modularity with a resolution parameter, the
-    objective scanpy uses) run to convergence: 0.3 s on 12k cells where leidenalg's
-    RBConfigurationVertexPartition took 5 s for two iterations (BENCHMARKS.md), which is what lets
-    the resolution slider re-cluster instantly.
+    Uses igraph's C implementation of Leiden (modularity with a resolution parameter) with two
+    refinement iterations, scanpy's ``flavor="igraph"`` defaults: ~0.3 s on 12k cells, where
+    leidenalg's RBConfigurationVertexPartition took 5-8 s for the same two iterations and igraph
+    run to convergence 2-5 s (BENCHMARKS.md). That is what lets the resolution slider re-cluster
+    at once.
     """
     import igraph as ig
 
@@ -31,7 +32,7 @@ def leiden_labels(connectivities: sp.spmatrix, *, resolution: float = 1.0, seed:
             objective_function="modularity",
             weights=upper.data,
             resolution=resolution,
-            n_iterations=-1,
+            n_iterations=2,
         )
     finally:
         ig.set_random_number_generator(random)

@@ -65,7 +65,7 @@ if submitted:
     training.submit(state, form, board)
 
 # ---- Progress of the job this session follows ---------------------------------------------------
-if state.load_error is None and state.training_message:
+if state.training_message:
     kind, text = state.training_message
     getattr(st, kind)(text)
 
@@ -94,6 +94,12 @@ def progress_panel() -> None:
 
 
 progress_panel()
+
+for lost in board.interrupted():
+    if lost.n_cells == filtered.n_obs:
+        st.warning(f"Training of run {lost.run_id[:10]} ({lost.params['likelihood'].upper()}, started "
+                   f"{lost.started}) was cut off when the server stopped. Nothing was saved: press "
+                   "Train with the same settings to train it again.")
 
 # ---- Run history --------------------------------------------------------------------------------
 runs = training.runs_for(filtered)

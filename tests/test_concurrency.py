@@ -41,6 +41,8 @@ REVIEWED_CONSTANTS = {
     ("dashboard.de_figures", "_MARGIN"),  # figure margins
     ("dashboard.figures", "QC_LABELS"),  # axis titles
     ("dashboard.train_form", "LIKELIHOOD_HELP"),  # help texts
+    ("dashboard.explore", "METRIC_HELP"),  # help texts
+    ("dashboard.explore", "QC_METRICS"),  # obs column -> label
 }
 IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType)
 
@@ -49,10 +51,7 @@ def project_modules() -> list[types.ModuleType]:
     modules = []
     for package in (engine, dashboard):
         for info in pkgutil.iter_modules(package.__path__):
-            try:  # TEMP-DEV
-                modules.append(importlib.import_module(f"{package.__name__}.{info.name}"))
-            except ImportError:  # TEMP-DEV
-                pass  # TEMP-DEV
+            modules.append(importlib.import_module(f"{package.__name__}.{info.name}"))
     return modules
 
 
@@ -67,8 +66,8 @@ def module_state() -> dict[tuple[str, str], object]:
             if isinstance(value, types.ModuleType | types.FunctionType | types.BuiltinFunctionType | type
                           | CachedFunc) or type(value).__module__ in {"typing", "__future__", "re"}:
                 continue
-            if type(value).__name__ == "ufunc":
-                continue
+            if type(value).__name__ == "ufunc" or type(value).__module__.startswith("numba."):
+                continue  # numpy ufuncs and numba-compiled functions are functions
             state[(module.__name__, name)] = value
     return state
 

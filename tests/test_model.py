@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from engine import likelihoods as L
-from engine.model import VAE, iterate_minibatches
+from engine.model import VAE, CellConstants, iterate_minibatches
 from engine.params import RunParams
 
 
@@ -157,3 +157,16 @@ def test_same_generator_same_initialisation():
     b = VAE(30, 2, RunParams(), generator=torch.Generator().manual_seed(5))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_precomputed_cell_constants_give_the_same_minibatches(counts):
+    order = np.random.default_rng(0).permutation(24)
+    plain = list(iterate_minibatches(counts, BATCH, order, 5))
+    fast = list(iterate_minibatches(counts, BATCH, order, 5, constants=CellConstants.of(counts)))
+    assert len(plain) == len(fast) == 5
+    for a, b in zip(plain, fast):
+        for field in ("nz_flat", "nz_values", "batch_index", "library_log", "log_factorial"):
+            torch.testing.assert_close(getattr(a, field), getattr(b, field))
+    dense = counts.toarray()
+    np.testing.assert_allclose(fast[0].dense().numpy(), dense[order[:5]])
+    np.testing.assert_allclose(fast[1].library_log.numpy(), np.log(dense[order[5:10]].sum(1)), rtol=1e-6)

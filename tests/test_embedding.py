@@ -1,0 +1,171 @@
+"""Neighbours, UMAP, t-SNE, Leiden and the uncorrected PCA on the Kang fixture."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import NearestNeighbors
+
+from engine.clustering import leiden
+from engine.embedding import pca_uncorrected, tsne, umap
+from engine.neighbors import exact_knn, neighbors
+
+
+@pytest.fixture(scope="module")
+def kang(kang_small_path) -> ad.AnnData:
+    """The fixture with a 20-component uncorrected PCA standing in for a latent."""
+    adata = ad.read_h5ad(kang_small_path)
+    pca_uncorrected(adata, layer="X", n_comps=20, seed=0)
+    adata.obsm["X_scVI"] = adata.obsm["X_pca"][:, :10].copy()
+    return adata
+
+
+@pytest.fixture(scope="module")
+def kang_graph(kang) -> ad.AnnData:
+    adata = kang.copy()
+    neighbors(adata, use_rep="X_pca", n_neighbors=15)
+    return adata
+
+
+def test_pca_uncorrected_matches_scanpy(kang_small_path):
+    import scanpy as sc
+
+    ours = ad.read_h5ad(kang_small_path)
+    pcs = pca_uncorrected(ours, layer="X", n_comps=10)
+    ref = ad.read_h5ad(kang_small_path)
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    sc.pp.pca(ref, n_comps=10, svd_solver="arpack", random_state=0)
+    assert pcs is ours.obsm["X_pca"] and pcs.shape == (ours.n_obs, 10)
+    for i in range(5):  # components agree up to sign
+        assert abs(np.corrcoef(pcs[:, i], ref.obsm["X_pca"][:, i])[0, 1]) > 0.999
+
+
+def test_neighbors_agree_with_sklearn_exact_knn(kang_graph):
+    x = kang_graph.obsm["X_pca"]
+    _, ref = NearestNeighbors(n_neighbors=15).fit(x).kneighbors(x)
+    dist = kang_graph.obsp["distances"]
+    assert (np.diff(dist.indptr) == 14).all()
+    for cell in range(0, kang_graph.n_obs, 7):
+        ours = set(dist.indices[dist.indptr[cell] : dist.indptr[cell + 1]])
+        assert ours == set(ref[cell]) - {cell}
+    assert kang_graph.uns["neighbors"]["params"] == {
+        "n_neighbors": 15, "method": "umap", "random_state": 0, "metric": "euclidean",
+        "use_rep": "X_pca",
+    }
+
+
+def test_high_dimensional_search_is_exact_too():
+    x = np.random.default_rng(0).normal(size=(300, 40))
+    indices, distances = exact_knn(x, n_neighbors=8)
+    ref_d, ref_i = NearestNeighbors(n_neighbors=8).fit(x).kneighbors(x)
+    np.testing.assert_array_equal(indices, ref_i)
+    np.testing.assert_allclose(distances, ref_d, atol=1e-6)
+
+
+def test_connectivities_symmetric_in_unit_interval(kang_graph):
+    conn = kang_graph.obsp["connectivities"]
+    assert abs(conn - conn.T).max() < 1e-12
+    assert conn.data.min() > 0 and conn.data.max() <= 1.0
+    assert conn.diagonal().max() == 0
+    # every cell keeps its nearest neighbour at full membership (rho makes it exactly 1)
+    assert np.allclose(conn.max(axis=1).toarray().ravel(), 1.0)
+
+
+@pytest.mark.slow
+def test_connectivities_match_umap_learn(kang):
+    """Same graph as umap-learn's fuzzy_simplicial_set (what scanpy stores), given the same kNN."""
+    from umap.umap_ import fuzzy_simplicial_set
+    from engine.neighbors import fuzzy_connectivities
+
+    indices, distances = exact_knn(kang.obsm["X_pca"], n_neighbors=15)
+    ref, _, _ = fuzzy_simplicial_set(
+        np.zeros((kang.n_obs, 1)), 15, np.random.RandomState(0), "euclidean",
+        knn_indices=indices, knn_dists=distances.astype(np.float32),
+    )
+    ours = fuzzy_connectivities(indices, distances)
+    assert abs(ours - ref.tocsr()).max() < 1e-4
+    assert ours.nnz == ref.nnz
+
+
+def test_scanpy_reads_the_graph(kang_graph):
+    import scanpy as sc
+
+    adata = kang_graph.copy()
+    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, random_state=0, key_added="sc_leiden")
+    assert adjusted_rand_score(adata.obs["cell_type"], adata.obs["sc_leiden"]) > 0.5
+
+
+def test_missing_representation_says_what_to_do(kang):
+    adata = kang.copy()
+    del adata.obsm["X_scVI"]
+    with pytest.raises(ValueError, match=r"obsm\['X_scVI'\] not found: train a model \(or pick a run\) first"):
+        neighbors(adata)
+    with pytest.raises(ValueError, match="run neighbors first"):
+        umap(adata)
+    with pytest.raises(ValueError, match="run neighbors first"):
+        leiden(adata)
+    with pytest.raises(ValueError, match="X_scVI"):
+        tsne(adata)
+
+
+def test_leiden_recovers_cell_types(kang_graph):
+    adata = kang_graph.copy()
+    leiden(adata, resolution=0.5, seed=0)
+    labels = adata.obs["leiden"]
+    # measured ARI 0.60-0.63 at resolutions 0.3-1.0 (8 annotated types, some split by state)
+    assert adjusted_rand_score(adata.obs["cell_type"], labels) > 0.5
+    n = adata.uns["leiden"]["n_clusters"]
+    assert adata.uns["leiden"] == {"resolution": 0.5, "n_clusters": n, "seed": 0}
+    assert list(labels.cat.categories) == [str(i) for i in range(n)]
+    sizes = labels.value_counts().reindex(labels.cat.categories).to_numpy()
+    assert (np.diff(sizes) <= 0).all()  # "0" is the largest
+    leiden(adata, resolution=2.0, seed=0)
+    assert adata.uns["leiden"]["n_clusters"] > n
+
+
+def test_leiden_deterministic_for_a_seed(kang_graph):
+    a, b = kang_graph.copy(), kang_graph.copy()
+    leiden(a, seed=3)
+    leiden(b, seed=3)
+    assert (a.obs["leiden"] == b.obs["leiden"]).all()
+
+
+def _neighbourhood_cell_type_accuracy(x, labels) -> float:
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return cross_val_score(KNeighborsClassifier(15), x, labels, cv=3).mean()
+
+
+def test_umap_shape_deterministic_and_preserves_neighbourhoods(kang_graph):
+    from sklearn.manifold import trustworthiness
+
+    a, b = kang_graph.copy(), kang_graph.copy()
+    umap(a, seed=0)
+    umap(b, seed=0)
+    y = a.obsm["X_umap"]
+    assert y.shape == (a.n_obs, 2) and np.isfinite(y).all()
+    np.testing.assert_array_equal(y, b.obsm["X_umap"])
+    assert trustworthiness(a.obsm["X_pca"], y, n_neighbors=15) > 0.9
+    labels = a.obs["cell_type"].to_numpy()
+    in_latent = _neighbourhood_cell_type_accuracy(a.obsm["X_pca"], labels)
+    assert _neighbourhood_cell_type_accuracy(y, labels) > in_latent - 0.05
+    umap(b, seed=1)
+    assert not np.array_equal(y, b.obsm["X_umap"])
+
+
+def test_tsne_shape_deterministic_and_separates_cell_types(kang):
+    a, b = kang.copy(), kang.copy()
+    tsne(a, use_rep="X_pca", perplexity=30, seed=0)
+    tsne(b, use_rep="X_pca", perplexity=30, seed=0)
+    y = a.obsm["X_tsne"]
+    assert y.shape == (a.n_obs, 2) and np.isfinite(y).all()
+    np.testing.assert_allclose(y, b.obsm["X_tsne"], rtol=0, atol=1e-5)
+    labels = a.obs["cell_type"].to_numpy()
+    in_latent = _neighbourhood_cell_type_accuracy(a.obsm["X_pca"], labels)
+    assert _neighbourhood_cell_type_accuracy(y, labels) > in_latent - 0.05
+    with pytest.raises(ValueError, match="perplexity"):
+        tsne(a, use_rep="X_pca", perplexity=500)
