@@ -7,10 +7,12 @@ routes to the pages with ``st.navigation``.
 import streamlit as st
 
 from dashboard.loading import read_sample, use_dataset
+from dashboard.startup import start_warm_up
 from dashboard.state import get_state
 
 st.set_page_config(page_title="Atlas Explorer", page_icon=":material/scatter_plot:", layout="wide")
 
+start_warm_up()
 state = get_state()
 if state.dataset is None and state.load_error is None:
     with st.spinner("Loading the sample dataset (Kang et al. 2018 PBMC)..."):

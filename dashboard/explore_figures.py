@@ -142,7 +142,9 @@ def _points(xy: np.ndarray, rows: np.ndarray, text: np.ndarray, mask: np.ndarray
     return dict(
         type="scattergl", x=xy[mask, 0], y=xy[mask, 1], customdata=rows[mask], text=text[mask], mode="markers",
         name=name, legendgroup=name, showlegend=show_legend, marker=marker,
-        hovertemplate=f"%{{text}}<br>{label}: {name}<extra></extra>",
+        # the hover text already names the cluster: colouring by cluster adds no second line
+        hovertemplate="%{text}" + ("" if label.lower() == "cluster" else f"<br>{label}: {name}")
+        + "<extra></extra>",
     )
 
 

@@ -111,6 +111,37 @@ def _softplus(y: torch.Tensor) -> torch.Tensor:
     return y.abs().neg_().exp_().add_(1.0).log_().add_(y.clamp_min(0.0))
 
 
+# Counts up to this are looked up in per-gene tables of lgamma/digamma differences (most counts
+# in single-cell data are small integers); larger or non-integer counts use lgamma/digamma.
+_TABLE_COUNTS = 32
+
+
+def _gamma_ratios_per_gene(
+    x: torch.Tensor, theta: torch.Tensor, genes: torch.Tensor, with_digamma: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``lgamma(x + theta) - lgamma(theta)`` and ``digamma(x + theta) - digamma(theta)`` at counts
+    ``x`` of genes ``genes``, with one ``theta`` per gene.
+
+    For integer ``x = k <= 32`` they are ``sum_{j<k} log(theta + j)`` and ``sum_{j<k} 1 / (theta + j)``:
+    cumulative sums over a (genes, 32) table, gathered, instead of lgamma and digamma per entry
+    (several times faster on CPU, and exact in float32 where a difference of two lgammas of a
+    large theta cancels catastrophically). Other counts fall back to lgamma/digamma.
+    """
+    k = _TABLE_COUNTS
+    steps = theta.unsqueeze(-1) + torch.arange(k, dtype=theta.dtype, device=theta.device)  # theta + j
+    counts = x.clamp(1, k).long()
+    index = genes * k + (counts - 1)
+    lgamma_ratio = torch.log(steps).cumsum_(-1).view(-1).index_select(0, index)
+    digamma_ratio = steps.reciprocal_().cumsum_(-1).view(-1).index_select(0, index) if with_digamma else None
+    other = (counts != x).nonzero().squeeze(1)  # counts above the table, or not integers
+    if other.numel():
+        x_other, theta_other = x.index_select(0, other), theta.index_select(0, genes.index_select(0, other))
+        lgamma_ratio.index_copy_(0, other, torch.lgamma(x_other + theta_other).sub_(torch.lgamma(theta_other)))
+        if digamma_ratio is not None:
+            digamma_ratio.index_copy_(0, other, _digamma(x_other + theta_other).sub_(_digamma(theta_other)))
+    return lgamma_ratio, digamma_ratio
+
+
 class _SparseNegativeBinomialSum(torch.autograd.Function):
     """Per-cell sum of the (zero-inflated) NB log-likelihood from the decoder's raw outputs.
 
@@ -144,22 +175,28 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
         def per_nz(t: torch.Tensor) -> torch.Tensor:  # a (G,) or (n, G) parameter at the non-zeros
             return t.index_select(0, nz_cols) if gene_theta else at_nz(t)
 
-        theta_nz, inv_te_nz = per_nz(theta), per_nz(inv_te)
-        lgamma_theta_nz = per_nz(torch.lgamma(theta)) if gene_theta else torch.lgamma(theta_nz)
+        inv_te_nz = per_nz(inv_te)
         mu_nz, lp_nz = at_nz(mu), at_nz(lp)
-        x_theta = x + theta_nz
+        with_theta_grad = with_grads and ctx.needs_input_grad[2]
+        if gene_theta:
+            lgamma_ratio, digamma_ratio = _gamma_ratios_per_gene(x, theta, nz_cols, with_theta_grad)
+        else:
+            theta_nz = at_nz(theta)
+            lgamma_ratio = torch.lgamma(x + theta_nz).sub_(torch.lgamma(theta_nz))
+            digamma_ratio = _digamma(x + theta_nz).sub_(_digamma(theta_nz)) if with_theta_grad else None
         # log NB(x) - log NB(0) at x > 0: x log(mu / (theta + mu)) + lgamma(x + theta) - lgamma(theta)
         # with log(theta + mu) = log(theta) + lp (lgamma(x + 1) is the caller's constant)
         correction = (at_nz(logits) + log_mu_offset).add_(torch.log(inv_te_nz)).sub_(lp_nz).mul_(x)
-        correction.add_(torch.lgamma(x_theta)).sub_(lgamma_theta_nz)
+        correction.add_(lgamma_ratio)
         if zi_logits is not None:
             # log p(0) = softplus(nb0 - zi) - softplus(-zi); at x > 0: log(1 - pi) + log NB(x) - log p(0)
             neg_zi = zi_logits.neg()
             shifted = torch.addcmul(neg_zi, lp, neg_theta)  # nb0 - zi
             soft_shifted = _softplus(shifted)
             soft_zi = _softplus(neg_zi)
-            correction.add_(at_nz(shifted)).sub_(at_nz(soft_shifted))
             full = torch.sub(soft_shifted, soft_zi).sum(-1)
+            log_sigmoid = shifted.sub_(soft_shifted)  # log sigmoid(nb0 - zi), in shifted's buffer
+            correction.add_(at_nz(log_sigmoid))
         else:
             full = torch.mul(lp, neg_theta).sum(-1)
         out = full.index_add_(0, nz_rows, correction)
@@ -171,7 +208,7 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
             # correction swaps log p(0) for log(1 - pi) + log NB(x)); plain NB: 1 everywhere
             g_nb0 = d_zi = None
             if zi_logits is not None:
-                g_nb0 = shifted.sub_(soft_shifted).exp_()  # sigmoid(shifted), in its buffer
+                g_nb0 = log_sigmoid.exp_()
                 g_nb0.view(-1).index_fill_(0, nz_flat, 1.0)
                 d_zi = neg_zi.sub_(soft_zi).exp_().sub_(g_nb0)  # sigmoid(-zi) - g_nb0
             # nb0 = -theta lp: d/dlog(mu) = -theta v, d/dtheta = -lp + theta / te * v, v = mu / (te + mu)
@@ -187,9 +224,8 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
             # the correction: d/dlog(mu) = x (1 - v), d/dtheta = digamma(x + theta) - digamma(theta) - x / (te + mu)
             te_mu_nz = inv_te_nz.reciprocal().add_(mu_nz)
             d_log_mu.view(-1).index_add_(0, nz_flat, x - x * mu_nz / te_mu_nz)
-            digamma_theta_nz = per_nz(torch.digamma(theta)) if gene_theta else _digamma(theta_nz)
-            d_theta_nz = _digamma(x_theta).sub_(digamma_theta_nz).sub_(x / te_mu_nz)
-            d_theta.view(-1).index_add_(0, nz_flat, d_theta_nz)
+            if digamma_ratio is not None:
+                d_theta.view(-1).index_add_(0, nz_flat, digamma_ratio.sub_(x / te_mu_nz))
             # through mu = exp(library_log) softmax(logits): d/dlogits = d_log_mu - softmax * sum(d_log_mu)
             d_library = d_log_mu.sum(-1)
             d_logits = d_log_mu.sub_(mu.mul_((d_library * torch.exp(-library_log)).unsqueeze(-1)))

@@ -16,8 +16,9 @@ st.caption("Load a count matrix, check its quality and choose filters. "
            "The Train, Explore and Differential expression pages use the filtered data.")
 
 
-def load(read, *args, **kwargs) -> bool:
-    return loading.try_load(state, read, *args, **kwargs)
+def load(read, *args, **kwargs) -> None:
+    if loading.try_load(state, read, *args, **kwargs):
+        st.rerun()  # so the sidebar and every panel show the new dataset
 
 
 # ---- Load -------------------------------------------------------------------------------------

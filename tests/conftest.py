@@ -11,8 +11,9 @@ import pytest
 # Each test process uses at most two threads: the machines are 2-core and tests run side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see engine/__init__.py
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".atlas" / "numba_cache"))
 # Never the developer's own run cache: the job board may be created before `run_cache` runs.
-os.environ.setdefault("ATLAS_CACHE_DIR", tempfile.mkdtemp(prefix="atlas-test-runs-"))
+os.environ["ATLAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="atlas-test-runs-")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data"

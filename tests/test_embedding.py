@@ -74,20 +74,16 @@ def test_connectivities_symmetric_in_unit_interval(kang_graph):
     assert np.allclose(conn.max(axis=1).toarray().ravel(), 1.0)
 
 
-@pytest.mark.slow
-def test_connectivities_match_umap_learn(kang):
-    """Same graph as umap-learn's fuzzy_simplicial_set (what scanpy stores), given the same kNN."""
-    from umap.umap_ import fuzzy_simplicial_set
-    from engine.neighbors import fuzzy_connectivities
+def test_memberships_solve_umaps_calibration_equation(kang):
+    """Per cell, memberships to its k-1 other neighbours sum to log2(k); the nearest one is 1."""
+    from engine.neighbors import smooth_knn_dist
 
     indices, distances = exact_knn(kang.obsm["X_pca"], n_neighbors=15)
-    ref, _, _ = fuzzy_simplicial_set(
-        np.zeros((kang.n_obs, 1)), 15, np.random.RandomState(0), "euclidean",
-        knn_indices=indices, knn_dists=distances.astype(np.float32),
-    )
-    ours = fuzzy_connectivities(indices, distances)
-    assert abs(ours - ref.tocsr()).max() < 1e-4
-    assert ours.nnz == ref.nnz
+    sigmas, rhos = smooth_knn_dist(distances, 15.0)
+    np.testing.assert_allclose(rhos, distances[:, 1])
+    memberships = np.exp(-np.maximum(distances[:, 1:] - rhos[:, None], 0) / sigmas[:, None])
+    np.testing.assert_allclose(memberships.sum(axis=1), np.log2(15), atol=1e-4)
+    assert (memberships[:, 0] == 1.0).all()
 
 
 def test_scanpy_reads_the_graph(kang_graph):

@@ -160,11 +160,19 @@ def test_sparse_nb_sum_matches_scipy_per_cell():
     nb = sparse_nb_log_likelihood(logits, library_log, theta_t, None, flat, rows, cols, values).numpy()
     np.testing.assert_allclose(zinb - log_factorial, zinb_reference(x, mu, theta, zi).sum(1), rtol=1e-7, atol=1e-6)
     np.testing.assert_allclose(nb - log_factorial, nb_reference(x, mu, theta).sum(1), rtol=1e-7, atol=1e-6)
-    # one theta per gene takes the (G,) path
+    # one theta per gene takes the (G,) path: tables for counts <= 32, lgamma for 1e5 and 2.5
     gene_theta = theta_t[0]
     per_gene = sparse_nb_log_likelihood(logits, library_log, gene_theta, zi_t, flat, rows, cols, values).numpy()
     expected = zinb_reference(x, mu, np.broadcast_to(theta[0], x.shape), zi).sum(1)
     np.testing.assert_allclose(per_gene - log_factorial, expected, rtol=1e-7, atol=1e-6)
+    fractional = values.clone()
+    fractional[0] = 2.5
+    got = sparse_nb_log_likelihood(logits, library_log, gene_theta, zi_t, flat, rows, cols, fractional)
+    dense = torch.as_tensor(x).clone()
+    dense[rows[0], cols[0]] = 2.5
+    mu_t = torch.as_tensor(mu)
+    plain = log_zinb_positive(dense, mu_t, gene_theta, zi_t, eps=0.0) + torch.lgamma(dense + 1)
+    torch.testing.assert_close(got, plain.sum(1), rtol=1e-7, atol=1e-6)
 
 
 def test_sparse_nb_sum_float32_is_finite_with_finite_gradients():
