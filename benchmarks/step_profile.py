@@ -84,7 +84,9 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     constants = CellConstants.of(counts)  # once per data set, as engine.training does
     start = time.perf_counter()
     minibatches = list(
-        iterate_minibatches(counts, batch, order[: n * BATCH_SIZE], BATCH_SIZE, min_size=BATCH_SIZE, constants=constants)
+        iterate_minibatches(
+            counts, batch, order[: n * BATCH_SIZE], BATCH_SIZE, min_size=BATCH_SIZE, constants=constants
+        )
     )
     data_s = (time.perf_counter() - start) / len(minibatches)
     times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}

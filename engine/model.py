@@ -31,7 +31,15 @@ from torch import nn
 from engine.likelihoods import log_normal, sparse_nb_log_likelihood
 from engine.params import DISPERSED_LIKELIHOODS, RunParams
 
-__all__ = ["CellConstants", "Minibatch", "InferenceOutputs", "GenerativeOutputs", "LossParts", "VAE", "iterate_minibatches"]
+__all__ = [
+    "CellConstants",
+    "GenerativeOutputs",
+    "InferenceOutputs",
+    "LossParts",
+    "Minibatch",
+    "VAE",
+    "iterate_minibatches",
+]
 
 # Minimum variance of q(z|x) and q(l|x), as scvi-tools' Encoder.var_eps: keeps log-variances finite.
 VAR_EPS = 1e-4

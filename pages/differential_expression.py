@@ -143,13 +143,9 @@ def results_panel() -> None:
     m2.metric(f"Up in {names[0]}", f"{up:,}")
     m3.metric(f"Up in {names[1]}", f"{n_de - up:,}")
 
+    # The table is drawn before the volcano and the volcano's click is read from the session state,
+    # so the gene just picked is ringed on the volcano in this same run.
     left, right = st.columns([3, 2])
-    with left:
-        fig = volcano(table, y=y_axis, delta=delta if result.mode == "change" else None,
-                      group_names=names, selected=session.selected_gene)
-        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
-                                key="de_volcano")
-        st.caption("Click a gene to see it on the UMAP and per group.")
     with right:
         query = st.text_input("Filter genes", key="de_query", placeholder="e.g. CD14 or ENSG...")
         only_de = st.checkbox("Only genes called DE", key="de_only_de")
@@ -157,10 +153,17 @@ def results_panel() -> None:
         rows = st.dataframe(shown[TABLE_COLUMNS], height=420, key="de_table", on_select="rerun",
                             selection_mode="single-row",
                             column_config={"is_de_fdr": st.column_config.CheckboxColumn("DE")})
-        st.caption(f"{len(shown):,} of {len(table):,} genes. Click a column header to sort.")
+        st.caption(f"{len(shown):,} of {len(table):,} genes. Click a row or a column header.")
     picked_rows = rows.selection.rows
-    session.pick(volcano=clicked_gene(event.selection.points),
+    clicked = st.session_state.get("de_volcano") or {}
+    session.pick(volcano=clicked_gene(clicked.get("selection", {}).get("points", [])),
                  table=str(shown.index[picked_rows[0]]) if picked_rows else None)
+    with left:
+        fig = volcano(table, y=y_axis, delta=delta if result.mode == "change" else None,
+                      group_names=names, selected=session.selected_gene)
+        st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
+                        key="de_volcano")
+        st.caption("Click a gene (or a row of the table) to see it on the UMAP and per group.")
 
     if session.selected_gene is not None and session.selected_gene in table.index:
         gene, values = dede.gene_values(state, run, session.selected_gene)

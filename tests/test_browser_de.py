@@ -4,6 +4,7 @@ its violins."""
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from .conftest import ARTIFACTS, FIXTURES
 
@@ -15,13 +16,13 @@ QUICK_EPOCHS = 3
 def _choose(page, label: str, option: str) -> None:
     """Pick an option of a Streamlit selectbox as a person does: open it, click the option.
 
-    The selectbox's input is a combobox named after its label (a label search would also find the
-    widget's help icon).
+    The selectbox's input is a combobox named after its label and showing the choice as its value
+    (a search by label text would also find the widget's "Help for ..." button).
     """
-    page.get_by_role("combobox", name=label, exact=True).click()
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
     page.get_by_role("option", name=option, exact=True).click()
-    page.get_by_role("combobox", name=label, exact=True).locator(
-        "xpath=ancestor::div[@data-testid='stSelectbox']").get_by_text(option, exact=True).wait_for()
+    expect(box).to_have_value(option)
 
 
 def test_volcano_click_shows_the_genes_violins(dashboard_url, browser_page):
@@ -51,10 +52,14 @@ def _compare_and_click(page, dashboard_url: str) -> None:
 
     page.get_by_role("link", name="Differential expression").click()
     page.get_by_role("combobox", name="Compare groups of").wait_for(timeout=180_000)
+    # Each choice reruns the page, which rebuilds the next selectbox's options: wait for the rerun
+    # before opening the next one (an open list would be replaced under the pointer).
     _choose(page, "Compare groups of", "cell_type")
+    expect(page.get_by_role("combobox", name="Group 1")).to_have_value(re.compile(r"cells|Monocytes"))
     _choose(page, "Group 1", "B cells")
+    page.get_by_text("B cells: 150 cells").wait_for()  # the group sizes follow the choice
     _choose(page, "Group 2", "CD14+ Monocytes")
-    page.get_by_text("B cells: 150 cells").wait_for()  # the sizes under the options follow the choice
+    page.get_by_text("CD14+ Monocytes: 150 cells").wait_for()
     page.get_by_role("button", name="Run differential expression").click()
     page.get_by_text("Genes called DE").wait_for(timeout=180_000)
     n_de = int(page.locator('[data-testid="stMetric"]').first
