@@ -109,10 +109,11 @@ def label_columns(state: AppState, run) -> dict[str, pd.Series]:
 
 
 def group_values(labels: dict[str, pd.Series], groupby: str, cell_groups: dict[str, np.ndarray]) -> list[str]:
-    """The values a group can take under ``groupby``, largest group first."""
+    """The values a group can take under ``groupby``, largest group first, ties by name."""
     if groupby == LASSO:
         return list(cell_groups)
-    return [str(v) for v in labels[groupby].value_counts().index]
+    counts = labels[groupby].value_counts()
+    return sorted(map(str, counts.index), key=lambda value: (-counts[value], value))
 
 
 def group_masks(

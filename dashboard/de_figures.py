@@ -78,6 +78,9 @@ def volcano(
             x=table["lfc_mean"].to_numpy()[mask], y=values[mask], mode="markers", name=name,
             customdata=customdata[mask], hovertemplate=hover,
             marker=dict(color=color, size=6, opacity=0.8, line=dict(width=0)),
+            # A click selects a point; the other points keep their colour (red means DE), the
+            # clicked gene is ringed instead.
+            unselected=dict(marker=dict(opacity=0.8)),
         ))
     if delta is not None and delta > 0:
         for x in (-delta, delta):

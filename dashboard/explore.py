@@ -73,6 +73,22 @@ def active_run(state: AppState):
     return run
 
 
+def require_active_run(state: AppState):
+    """The active run for a page that needs one; otherwise say what to do and stop the page."""
+    if state.filtered is None or state.dataset is None:
+        st.info("Load a dataset on the Data page first.", icon=":material/info:")
+        st.stop()
+    try:
+        run = active_run(state)
+    except ValueError as err:
+        st.warning(str(err), icon=":material/warning:")
+        st.stop()
+    if run is None:
+        st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
+        st.stop()
+    return run
+
+
 def _latent_adata(latent: np.ndarray, n_obs: int) -> ad.AnnData:
     adata = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_obs).astype(str)))
     adata.obsm["X_scVI"] = np.asarray(latent, dtype=np.float32)

@@ -14,14 +14,7 @@ st.title("Explore")
 st.caption("The cells in the trained model's latent space: clusters, annotations and genes, and "
            "groups of cells drawn with the lasso for the Differential expression page.")
 
-try:
-    run = ex.active_run(state)
-except ValueError as err:
-    st.warning(str(err), icon=":material/warning:")
-    st.stop()
-if run is None:
-    st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
-    st.stop()
+run = ex.require_active_run(state)
 
 filtered = state.filtered
 if ex.sync_cluster_names(state):

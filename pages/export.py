@@ -13,17 +13,7 @@ st.title("Export")
 st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
            "any spreadsheet, the model with `engine.cache.load_run`.")
 
-if state.filtered is None or state.dataset is None:
-    st.info("Load a dataset on the Data page first.")
-    st.stop()
-try:
-    run = explore.active_run(state)
-except ValueError as err:
-    st.warning(str(err))
-    st.stop()
-if run is None:
-    st.info("Train a model or pick a run on the Train page first.")
-    st.stop()
+run = explore.require_active_run(state)
 stem = f"atlas_{run.run_id[:10]}"
 
 # ---- The annotated dataset ------------------------------------------------------------------------

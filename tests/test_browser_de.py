@@ -66,17 +66,29 @@ def _compare_and_click(page, dashboard_url: str) -> None:
                .locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
     assert n_de > 10  # B cells and monocytes differ in many genes even after a few epochs
 
-    # Click the first point of the red (called DE) trace of the volcano's SVG.
+    # Hover over the first point of the red (called DE) trace of the volcano's SVG, then click it.
     volcano = page.locator(".js-plotly-plot").first
+    volcano.scroll_into_view_if_needed()
     points = volcano.locator(".scatterlayer .trace").first.locator("path.point")
     assert points.count() == n_de
     box = points.first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly clicks the point under its hover label
+    volcano.locator(".hoverlayer .hovertext").wait_for()
+    page.mouse.click(x, y)
 
     violins = page.locator(".js-plotly-plot").filter(has_text="per group")
-    violins.wait_for(timeout=120_000)
-    page.locator(".js-plotly-plot").filter(has_text=re.compile("on the UMAP")).wait_for(timeout=180_000)
+    violins.wait_for(timeout=60_000)
+    gene = violins.locator(".gtitle").inner_text().removesuffix(" per group")
+    page.get_by_role("heading", name=gene, exact=True).wait_for()
+    # The clicked gene is ringed and named on the volcano, and shown on the UMAP.
+    page.locator(".js-plotly-plot").first.locator(".scatterlayer .textpoint").get_by_text(
+        gene, exact=True).wait_for()
+    page.locator(".js-plotly-plot").filter(has_text=f"{gene} on the UMAP").wait_for(timeout=120_000)
     assert violins.locator(".violinlayer .trace").count() == 2
-    violins.get_by_text(re.compile(r"B cells \(150 cells\)")).wait_for()
-    page.wait_for_timeout(1000)  # let the plots finish drawing before the picture
+    violins.get_by_text("B cells (150 cells)").wait_for()
+
+    # Streamlit scrolls inside its own container: a tall window fits the whole page in the picture.
+    page.set_viewport_size({"width": 1400, "height": 2300})
+    page.wait_for_timeout(1500)  # let the plots redraw at the new size
     page.screenshot(path=str(ARTIFACTS / "de_page_gene_click.png"), full_page=True)
