@@ -21,7 +21,17 @@ MODE_HELP = {
     "vanilla": "Vanilla (Lopez et al. 2018): probability that expression is higher in one group.",
 }
 TABLE_COLUMNS = ["gene", "lfc_mean", "proba_de", "bayes_factor", "is_de_fdr", "mean_norm_1",
-                 "mean_norm_2", "frac_expr_1", "frac_expr_2", "lfc_low", "lfc_high"]
+                 "mean_norm_2", "frac_expr_1", "frac_expr_2", "lfc_low", "lfc_high", "var_name"]
+# The symbol comes first; the var_name (often an Ensembl id) last, so the numbers fit the column.
+TABLE_CONFIG = {
+    "is_de_fdr": st.column_config.CheckboxColumn("DE"),
+    "lfc_mean": st.column_config.NumberColumn(format="%.2f"),
+    "proba_de": st.column_config.NumberColumn(format="%.3f"),
+    "bayes_factor": st.column_config.NumberColumn(format="%.2f"),
+    **{c: st.column_config.NumberColumn(format="%.3g")
+       for c in ("mean_norm_1", "mean_norm_2", "lfc_low", "lfc_high")},
+    **{c: st.column_config.NumberColumn(format="%.2f") for c in ("frac_expr_1", "frac_expr_2")},
+}
 
 state = get_state()
 session = dede.de_session()
@@ -29,17 +39,7 @@ st.title("Differential expression")
 st.caption("Compare two groups of cells with the model's Bayesian differential expression: "
            "posterior fold changes, a volcano plot and a gene table.")
 
-if state.filtered is None or state.dataset is None:
-    st.info("Load a dataset on the Data page first.")
-    st.stop()
-try:
-    run = explore.active_run(state)
-except ValueError as err:
-    st.warning(str(err))
-    st.stop()
-if run is None:
-    st.info("Train a model or pick a run on the Train page first.")
-    st.stop()
+run = explore.require_active_run(state)
 
 with st.spinner("Clustering the cells (once per run and resolution)..."):
     labels = dede.label_columns(state, run)
@@ -150,9 +150,9 @@ def results_panel() -> None:
         query = st.text_input("Filter genes", key="de_query", placeholder="e.g. CD14 or ENSG...")
         only_de = st.checkbox("Only genes called DE", key="de_only_de")
         shown = dede.gene_options(table[table["is_de_fdr"]] if only_de else table, query)
-        rows = st.dataframe(shown[TABLE_COLUMNS], height=420, key="de_table", on_select="rerun",
-                            selection_mode="single-row",
-                            column_config={"is_de_fdr": st.column_config.CheckboxColumn("DE")})
+        rows = st.dataframe(shown.reset_index()[TABLE_COLUMNS], height=420, key="de_table",
+                            on_select="rerun", selection_mode="single-row", hide_index=True,
+                            column_config=TABLE_CONFIG)
         st.caption(f"{len(shown):,} of {len(table):,} genes. Click a row or a column header.")
     picked_rows = rows.selection.rows
     clicked = st.session_state.get("de_volcano") or {}
