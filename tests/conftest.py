@@ -135,3 +135,21 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
               batch_key=batch_key, cache_dir=run_cache)
     state.active_run_id = run.run_id
     return at, state, run
+
+
+def train_in_browser(page, epochs: int, *, seed: int | None = None) -> None:
+    """On the Train page, set a fixed number of epochs, press Train and wait until the run is
+    active: what a person does to get a quick run."""
+    page.get_by_role("link", name="Train").click()
+    page.get_by_text("Runs on this data").wait_for(timeout=120_000)
+    if not page.get_by_label("Epochs (if not automatic)").is_visible():
+        page.get_by_text("Advanced").click()
+    if page.get_by_role("checkbox", name="Epochs: automatic").is_checked():
+        page.get_by_text("Epochs: automatic").click()
+    field = page.get_by_label("Epochs (if not automatic)")
+    field.fill(str(epochs))
+    field.press("Tab")
+    if seed is not None:
+        page.get_by_label("Seed").fill(str(seed))
+        page.get_by_label("Seed").press("Tab")
+    page.get_by_role("button", name="Train", exact=True).click()

@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import ARTIFACTS, FIXTURES
+from .conftest import ARTIFACTS, FIXTURES, train_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,13 +41,7 @@ def _compare_and_click(page, dashboard_url: str) -> None:
     page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
     page.get_by_text("1,145", exact=True).first.wait_for()
 
-    page.get_by_role("link", name="Train").click()
-    page.get_by_text("Advanced").click()
-    page.get_by_text("Epochs: automatic").click()
-    epochs = page.get_by_label("Epochs (if not automatic)")
-    epochs.fill(str(QUICK_EPOCHS))
-    epochs.press("Tab")
-    page.get_by_role("button", name="Train", exact=True).click()
+    train_in_browser(page, QUICK_EPOCHS)
     page.get_by_text("It is now the active run").wait_for(timeout=300_000)
 
     page.get_by_role("link", name="Differential expression").click()

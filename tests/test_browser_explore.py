@@ -4,22 +4,13 @@ import re
 
 import pytest
 
-from .conftest import ARTIFACTS, FIXTURES
+from .conftest import ARTIFACTS, FIXTURES, train_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 EPOCHS = 3
 
 
-def train_quickly(page) -> None:
-    page.get_by_role("link", name="Train").click()
-    page.get_by_text("Advanced").click()
-    page.get_by_text("Epochs: automatic").click()
-    epochs = page.get_by_label("Epochs (if not automatic)")
-    epochs.fill(str(EPOCHS))
-    epochs.press("Tab")
-    page.get_by_role("button", name="Train", exact=True).click()
-    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
 
 
 def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
@@ -29,7 +20,8 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     # The small fixture (1,145 cells) keeps training and the first UMAP quick on CI machines.
     page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
     page.get_by_text("1,145", exact=True).first.wait_for()
-    train_quickly(page)
+    train_in_browser(page, EPOCHS)
+    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
 
     page.get_by_role("link", name="Explore").click()
     plot = page.locator(".js-plotly-plot").first

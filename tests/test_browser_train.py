@@ -5,20 +5,9 @@ import re
 
 import pytest
 
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, train_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def set_epochs(page, epochs: int) -> None:
-    if not page.get_by_label("Epochs (if not automatic)").is_visible():
-        page.get_by_text("Advanced").click()
-    auto = page.get_by_role("checkbox", name="Epochs: automatic")
-    if auto.is_checked():
-        page.get_by_text("Epochs: automatic").click()
-    field = page.get_by_label("Epochs (if not automatic)")
-    field.fill(str(epochs))
-    field.press("Tab")
 
 
 def epoch_shown(page) -> int:
@@ -30,10 +19,7 @@ def test_train_the_sample_watch_progress_then_hit_the_cache(dashboard_url, brows
     page = browser_page
     page.goto(dashboard_url)
     page.get_by_text("12,261", exact=True).first.wait_for()  # the sample is loaded at start
-    page.get_by_role("link", name="Train").click()
-    page.get_by_text("Runs on this data").wait_for()
-    set_epochs(page, 6)
-    page.get_by_role("button", name="Train", exact=True).click()
+    train_in_browser(page, 6)
 
     # the progress bar advances while the page stays live
     page.get_by_text(re.compile(r"Epoch [1-5] of 6")).first.wait_for(timeout=180_000)
@@ -56,12 +42,9 @@ def test_train_the_sample_watch_progress_then_hit_the_cache(dashboard_url, brows
 
 def test_cancel_a_run_from_the_page(dashboard_url, browser_page):
     page = browser_page
-    page.goto(dashboard_url + "/train")
-    page.get_by_text("Runs on this data").wait_for(timeout=120_000)
-    set_epochs(page, 400)
-    page.get_by_label("Seed").fill("7")  # a run not in the cache
-    page.get_by_label("Seed").press("Tab")
-    page.get_by_role("button", name="Train", exact=True).click()
+    page.goto(dashboard_url)
+    page.get_by_text("12,261", exact=True).first.wait_for()
+    train_in_browser(page, 400, seed=7)  # seed 7: a run not in the cache
     page.get_by_text(re.compile(r"Epoch [1-9]\d* of 400")).first.wait_for(timeout=180_000)
     page.get_by_role("button", name="Cancel training").click()
     page.get_by_text("Training was cancelled. Nothing was saved.").wait_for(timeout=30_000)
