@@ -235,17 +235,17 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
         d_logits, d_library, d_theta, d_zi = ctx.grads
-        ctx.grads = None
+        ctx.grads = None  # the buffers are this call's alone: scale them in place
         g = grad_out.unsqueeze(-1)
         need = ctx.needs_input_grad
         grad_theta = None
         if need[2]:
-            grad_theta = torch.mv(d_theta.t(), grad_out) if ctx.gene_theta else d_theta * g
+            grad_theta = torch.mv(d_theta.t(), grad_out) if ctx.gene_theta else d_theta.mul_(g)
         return (
-            d_logits * g if need[0] else None,
-            d_library * grad_out if need[1] else None,
+            d_logits.mul_(g) if need[0] else None,
+            d_library.mul_(grad_out) if need[1] else None,
             grad_theta,
-            d_zi * g if need[3] and d_zi is not None else None,
+            d_zi.mul_(g) if need[3] and d_zi is not None else None,
             None, None, None, None, None,
         )  # fmt: skip
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -186,15 +187,25 @@ class GenerativeOutputs:
     with ``log_mu_offset = library_log - logsumexp(logits)``, and ``mu = exp(log_mu)``. ``theta`` is
     ``(n_genes,)`` for gene dispersion, ``(n, n_genes)`` otherwise, None without dispersion;
     ``zi_logits`` only for zinb/zip; ``var`` (per gene) only for the gaussian likelihood.
+    ``log_mu_offset`` and ``mu`` are computed on first use: the fused NB/ZINB likelihood works from
+    the logits directly, so a training step never builds them (two full-matrix passes saved).
     """
 
     logits: torch.Tensor
-    log_mu_offset: torch.Tensor
     library_log: torch.Tensor
-    mu: torch.Tensor
     theta: torch.Tensor | None
     zi_logits: torch.Tensor | None
     var: torch.Tensor | None
+
+    @cached_property
+    def log_mu_offset(self) -> torch.Tensor:
+        """``library_log - logsumexp(logits)`` per cell, ``(n,)``."""
+        return self.library_log - torch.logsumexp(self.logits, dim=-1)
+
+    @cached_property
+    def mu(self) -> torch.Tensor:
+        """Mean of the count distribution, ``library * softmax(logits)``, ``(n, n_genes)``."""
+        return torch.exp(self.logits + self.log_mu_offset.unsqueeze(-1))
 
     @property
     def log_rho(self) -> torch.Tensor:
@@ -383,8 +394,6 @@ class VAE(nn.Module):
         """p(x | z, l, s): decoder output for latent ``z`` (n, n_latent) decoded in batches ``batch_index``."""
         h = self.decoder(z, batch_index, generator)
         logits = self.px_scale(h)
-        log_mu_offset = library_log - torch.logsumexp(logits, dim=-1)
-        mu = torch.exp(logits + log_mu_offset.unsqueeze(-1))
         zi_logits = self.px_dropout(h) if self.zero_inflated else None
         theta = None
         if self.cell_dispersion:
@@ -392,7 +401,7 @@ class VAE(nn.Module):
         elif hasattr(self, "px_r"):
             theta = torch.exp(self.px_r) if self.px_r.dim() == 1 else torch.exp(self.px_r).t()[batch_index]
         var = torch.exp(self.log_var) + GAUSSIAN_VAR_EPS if self.params.likelihood == "gaussian" else None
-        return GenerativeOutputs(logits, log_mu_offset, library_log, mu, theta, zi_logits, var)
+        return GenerativeOutputs(logits, library_log, theta, zi_logits, var)
 
     # ---------------------------------------------------------------------------------------- loss
     def reconstruction(self, mb: Minibatch, gen: GenerativeOutputs) -> torch.Tensor:
