@@ -243,10 +243,10 @@ def posterior_predictive(
 
 
 def _sample_likelihood(likelihood: str, gen, rng: np.random.Generator) -> np.ndarray:
-    mu = gen.mu.double().numpy()
     if likelihood == "gaussian":
         mean = np.log1p(np.exp(gen.log_rho.double().numpy()) * GAUSSIAN_SCALE)
         return mean + np.sqrt(gen.var.double().numpy()) * rng.standard_normal(mean.shape)
+    mu = gen.mu.double().numpy()
     if likelihood in ("nb", "zinb"):
         theta = np.broadcast_to(gen.theta.double().numpy(), mu.shape)
         rate = rng.gamma(shape=theta, scale=mu / theta)
