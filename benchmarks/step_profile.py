@@ -8,7 +8,8 @@ encoder and decoder: the configuration of ``benchmarks/vs_scvi_tools.py``. Each 
 separately over ``--steps`` steps after ``--warmup`` untimed ones; the table shows medians.
 
 - ours: ``VAE.loss`` + ``training_loss`` (forward), ``backward()``, ``zero_grad`` + Adam ``step``
-  (optimizer), plus the time to cut the minibatches from the CSR matrix (data, per step);
+  (optimizer), plus the time to cut the minibatches from the CSR matrix (data, per step); as in
+  ``engine.training``, torch runs on one thread and the likelihood kernel on ``--threads``;
 - scvi-tools (with ``--scvi-python``): this same file is run by that venv's python with
   ``--scvi-side``; it times ``scvi.module.VAE`` forward + ``loss`` (forward), ``backward()`` and
   ``torch.optim.Adam(eps=0.01, weight_decay=1e-6)`` (scvi-tools' TrainingPlan optimizer) on dense
@@ -72,7 +73,7 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     from engine.params import RunParams
     from engine.training import ADAM_EPS, WEIGHT_DECAY, library_log_prior
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # as engine.training: torch ops on one thread, the likelihood kernel on `threads`
     params = RunParams(likelihood="zinb", dispersion="gene", n_hidden=128, n_latent=10, dropout=0.1)
     lib_mean, lib_var = library_log_prior(counts, batch, n_batch)
     gen = torch.Generator().manual_seed(0)
@@ -92,7 +93,7 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
     for i, mb in enumerate(minibatches):
         t0 = time.perf_counter()
-        loss = module.loss(mb, generator=gen).training_loss(0.5)
+        loss = module.loss(mb, generator=gen, threads=threads).training_loss(0.5)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()

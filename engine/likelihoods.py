@@ -9,8 +9,12 @@ Poisson) and tiny ``mu``; ``tests/test_likelihoods.py`` checks them against ``sc
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -151,11 +155,20 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
     (the data constant is left to the caller). The value is "all counts zero" on the full matrix
     plus a correction at the non-zeros; the gradients are analytic and computed in the same pass:
     autograd through the plain formula's ~20 element-wise ops per entry costs twice the forward and
-    keeps every intermediate alive, and on CPU each full-matrix op is a pass over memory.
+    keeps every intermediate alive. On CPU in float32 (training) one numba kernel
+    (:mod:`engine.nb_kernel`) does all of it a cell at a time, on several threads; the ~45 torch
+    operations below serve CUDA and float64, and are the reference the kernel is tested against.
     """
 
     @staticmethod
-    def forward(ctx, logits, library_log, theta, zi_logits, nz_flat, nz_rows, nz_cols, x, with_grads):  # noqa: D102
+    def forward(ctx, logits, library_log, theta, zi_logits, nz_flat, nz_rows, nz_cols, x, with_grads, threads):  # noqa: D102
+        ctx.gene_theta = theta.dim() == 1
+        with_theta_grad = with_grads and ctx.needs_input_grad[2]
+        if _kernel_applies(logits, library_log, theta, zi_logits, x):
+            out, ctx.grads = _kernel_forward(
+                logits, library_log, theta, zi_logits, nz_rows, nz_cols, x, with_grads, with_theta_grad, threads
+            )
+            return out
         eps = 1e-8
         # mu = library * softmax(logits); lse kept for log(mu) at the non-zeros (no log of a tiny mu)
         m = logits.amax(-1, keepdim=True)
@@ -177,7 +190,6 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
 
         inv_te_nz = per_nz(inv_te)
         mu_nz, lp_nz = at_nz(mu), at_nz(lp)
-        with_theta_grad = with_grads and ctx.needs_input_grad[2]
         if gene_theta:
             lgamma_ratio, digamma_ratio = _gamma_ratios_per_gene(x, theta, nz_cols, with_theta_grad)
         else:
@@ -200,7 +212,6 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
         else:
             full = torch.mul(lp, neg_theta).sum(-1)
         out = full.index_add_(0, nz_rows, correction)
-        ctx.gene_theta = gene_theta
         ctx.grads = None
         if with_grads:
             # d(cell's sum)/d(each input entry); backward only scales them by the incoming gradient.
@@ -246,8 +257,75 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
             d_library.mul_(grad_out) if need[1] else None,
             grad_theta,
             d_zi.mul_(g) if need[3] and d_zi is not None else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )  # fmt: skip
+
+
+# The CPU kernel (engine.nb_kernel) splits a minibatch into row chunks of at least this many cells,
+# run side by side (the kernel releases the GIL).
+_MIN_ROWS_PER_CHUNK = 16
+
+
+@functools.lru_cache(maxsize=1)
+def _chunk_pool() -> ThreadPoolExecutor:
+    """The process's helper threads for kernel chunks, created on first use (idle threads cost nothing)."""
+    return ThreadPoolExecutor(max_workers=max((os.cpu_count() or 2) - 1, 1), thread_name_prefix="atlas-nb")
+
+
+def _kernel_applies(logits, library_log, theta, zi_logits, x) -> bool:
+    """The numba kernel serves CPU float32 tensors; everything else (CUDA, float64) takes torch ops."""
+    tensors = [logits, library_log, theta, x] + ([zi_logits] if zi_logits is not None else [])
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _kernel_forward(logits, library_log, theta, zi_logits, nz_rows, nz_cols, x, with_grads, with_theta_grad, threads):
+    """Value and derivatives from :func:`engine.nb_kernel.nb_rows`, the rows split over threads."""
+    from engine import nb_kernel  # numba loads (or compiles) the kernel on first use, not at import
+
+    n, n_genes = logits.shape
+    indptr = np.empty(n + 1, dtype=np.int64)
+    if not nb_kernel.csr_indptr(nz_rows.numpy(), n, indptr):  # not in row order (never from a CSR minibatch)
+        order = torch.argsort(nz_rows, stable=True)
+        nz_rows, nz_cols, x = nz_rows[order], nz_cols[order], x[order]
+        nb_kernel.csr_indptr(nz_rows.numpy(), n, indptr)
+
+    def array(t: torch.Tensor) -> np.ndarray:
+        return t.detach().contiguous().numpy()
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.float32)
+
+    gene_theta = theta.dim() == 1
+    theta_rows = array(theta).reshape(1, n_genes) if gene_theta else array(theta)
+    if gene_theta:
+        tables = np.empty((2, nb_kernel.TABLE_COUNTS, n_genes), dtype=np.float32)
+        nb_kernel.gamma_tables(theta_rows[0], tables[0], tables[1])
+    else:
+        tables = np.zeros((2, 1, 1), dtype=np.float32)
+    out = empty(n)
+    d_logits, d_library = (empty(n, n_genes), empty(n)) if with_grads else (empty(1, 1), empty(1))
+    d_theta = empty(n, n_genes) if with_theta_grad else empty(1, 1)
+    d_zi = empty(n, n_genes) if with_grads and zi_logits is not None else empty(1, 1)
+    zi = array(zi_logits) if zi_logits is not None else np.zeros((1, 1), dtype=np.float32)
+    shared = (
+        array(logits), array(library_log), theta_rows, zi, zi_logits is not None, indptr, array(nz_cols), array(x),
+        tables[0], tables[1], gene_theta, with_grads, with_theta_grad,
+        out.numpy(), d_logits.numpy(), d_library.numpy(), d_theta.numpy(), d_zi.numpy(),
+    )  # fmt: skip
+
+    def run(start: int, stop: int) -> None:
+        nb_kernel.nb_rows(start, stop, *shared, np.empty((nb_kernel.WORK_ROWS, n_genes), dtype=np.float32))
+
+    n_chunks = max(min(threads, n // _MIN_ROWS_PER_CHUNK), 1)
+    bounds = [n * c // n_chunks for c in range(n_chunks + 1)]
+    helpers = [_chunk_pool().submit(run, bounds[c], bounds[c + 1]) for c in range(1, n_chunks)]
+    run(bounds[0], bounds[1])
+    for helper in helpers:
+        helper.result()
+    grads = None
+    if with_grads:
+        grads = (d_logits, d_library, d_theta if with_theta_grad else None, d_zi if zi_logits is not None else None)
+    return out, grads
 
 
 def sparse_nb_log_likelihood(
@@ -259,6 +337,8 @@ def sparse_nb_log_likelihood(
     nz_rows: torch.Tensor,
     nz_cols: torch.Tensor,
     x: torch.Tensor,
+    *,
+    threads: int | None = None,
 ) -> torch.Tensor:
     """``sum_g [log NB(x_g | mu_g, theta_g) + lgamma(x_g + 1)]`` per cell (ZINB when ``zi_logits``).
 
@@ -266,9 +346,11 @@ def sparse_nb_log_likelihood(
     (values ``x`` at flat indices ``nz_flat`` of the (n, G) matrix, with rows ``nz_rows`` and
     columns ``nz_cols``). Equals the per-cell sum of :func:`log_zinb_positive` /
     :func:`log_nb_positive` plus ``sum_g lgamma(x_g + 1)``, with analytic gradients (tested against
-    autograd of the plain formulas).
+    autograd of the plain formulas). On CPU the cells are split over ``threads`` threads (default
+    ``torch.get_num_threads()``); the result does not depend on how many.
     """
     # grad mode is off inside Function.forward: decide here whether the local gradients are needed
     inputs = (logits, library_log, theta, zi_logits)
     with_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _SparseNegativeBinomialSum.apply(*inputs, nz_flat, nz_rows, nz_cols, x, with_grads)
+    threads = torch.get_num_threads() if threads is None else max(int(threads), 1)
+    return _SparseNegativeBinomialSum.apply(*inputs, nz_flat, nz_rows, nz_cols, x, with_grads, threads)

@@ -11,7 +11,8 @@ A minibatch arrives as a :class:`Minibatch`: the non-zero counts of its cells (a
 matrix) plus a few per-cell constants. The count likelihoods are evaluated in two parts: the
 "every count is zero" value on the full cells x genes matrix (cheap, no lgamma), plus a correction
 on the non-zero entries only; for NB/ZINB both parts and their analytic gradients come from one
-fused function (:func:`engine.likelihoods.sparse_nb_log_likelihood`). :meth:`VAE.reconstruction`
+fused function (:func:`engine.likelihoods.sparse_nb_log_likelihood`; on CPU a numba kernel that
+does a cell per pass, on several threads). :meth:`VAE.reconstruction`
 returns exactly the per-cell sum of :mod:`engine.likelihoods` (tested), at a fraction of the cost.
 """
 
@@ -404,13 +405,14 @@ class VAE(nn.Module):
         return GenerativeOutputs(logits, library_log, theta, zi_logits, var)
 
     # ---------------------------------------------------------------------------------------- loss
-    def reconstruction(self, mb: Minibatch, gen: GenerativeOutputs) -> torch.Tensor:
+    def reconstruction(self, mb: Minibatch, gen: GenerativeOutputs, *, threads: int | None = None) -> torch.Tensor:
         """``log p(x | z, l, s)`` per cell, summed over genes.
 
         Equals the per-cell sum of the :mod:`engine.likelihoods` functions on the dense minibatch
         (tested), computed as "all counts zero" on the full matrix plus a correction gathered at the
         non-zero counts, so lgamma/digamma and most of the work only touch the non-zeros; NB/ZINB
-        in one fused pass with hand-written gradients (no autograd graph of ~20 ops per entry).
+        in one fused pass with hand-written gradients (no autograd graph of ~20 ops per entry), on
+        ``threads`` CPU threads (default ``torch.get_num_threads()``).
         """
         lik = self.params.likelihood
         if lik == "gaussian":
@@ -421,7 +423,9 @@ class VAE(nn.Module):
         rows, cols, x = mb.nz_rows, mb.nz_cols, mb.nz_values
         if lik in ("nb", "zinb"):  # one fused pass with analytic gradients (engine.likelihoods)
             zi = gen.zi_logits if lik == "zinb" else None
-            total = sparse_nb_log_likelihood(gen.logits, gen.library_log, gen.theta, zi, mb.nz_flat, rows, cols, x)
+            total = sparse_nb_log_likelihood(
+                gen.logits, gen.library_log, gen.theta, zi, mb.nz_flat, rows, cols, x, threads=threads
+            )
             return total - mb.log_factorial
         # everything at the non-zeros derives from the decoder's outputs gathered there
         log_mu_nz = gen.logits.reshape(-1).index_select(0, mb.nz_flat) + gen.log_mu_offset.index_select(0, rows)
@@ -464,11 +468,15 @@ class VAE(nn.Module):
         m, v = inf.ql_mean.squeeze(-1), inf.ql_var.squeeze(-1)
         return 0.5 * (torch.log(pv / v) + (v + (m - pm) ** 2) / pv - 1.0)
 
-    def loss(self, mb: Minibatch, *, generator: torch.Generator | None = None) -> LossParts:
-        """One pass ``inference -> generative -> loss`` with a single posterior sample."""
+    def loss(
+        self, mb: Minibatch, *, generator: torch.Generator | None = None, threads: int | None = None
+    ) -> LossParts:
+        """One pass ``inference -> generative -> loss`` with a single posterior sample (``threads``: see
+        :meth:`reconstruction`)."""
         inf = self.inference(mb, generator=generator)
         gen = self.generative(inf.z, inf.library_log, mb.batch_index, generator=generator)
-        return LossParts(self.reconstruction(mb, gen), self.kl_z(inf), self.kl_library(inf, mb.batch_index))
+        rec = self.reconstruction(mb, gen, threads=threads)
+        return LossParts(rec, self.kl_z(inf), self.kl_library(inf, mb.batch_index))
 
 
 def _row_sum(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

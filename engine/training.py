@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,9 @@ def library_log_prior(counts: sp.csr_matrix, batch_index: np.ndarray, n_batch: i
     return means, variances
 
 
-def evaluate(module: VAE, minibatches: list[Minibatch], generator: torch.Generator) -> tuple[float, float, float]:
+def evaluate(
+    module: VAE, minibatches: list[Minibatch], generator: torch.Generator, threads: int | None = None
+) -> tuple[float, float, float]:
     """Mean (elbo, reconstruction, kl) per cell over ``minibatches`` in eval mode (one z sample)."""
     was_training = module.training
     module.eval()
@@ -134,7 +137,7 @@ def evaluate(module: VAE, minibatches: list[Minibatch], generator: torch.Generat
     n = 0
     with torch.inference_mode():
         for mb in minibatches:
-            parts = module.loss(mb, generator=generator)
+            parts = module.loss(mb, generator=generator, threads=threads)
             sums = torch.stack([parts.elbo.sum(), parts.reconstruction.sum(), parts.kl.sum()])
             totals = sums if totals is None else totals + sums
             n += mb.n_cells
@@ -168,9 +171,11 @@ def train(
     lr = params.lr
     for attempt in range(2):
         try:
-            return _train_once(
-                counts, batch_index, n_batch, params, train_idx, val_idx, lr, torch_device, on_epoch, should_stop
-            )
+            with _step_threads(torch_device) as threads:
+                return _train_once(
+                    counts, batch_index, n_batch, params, train_idx, val_idx, lr, torch_device, threads, on_epoch,
+                    should_stop,
+                )  # fmt: skip
         except _NonFinite as err:
             if attempt == 1:
                 raise TrainingDiverged(
@@ -187,6 +192,28 @@ class _NonFinite(Exception):
     pass
 
 
+@contextmanager
+def _step_threads(device: torch.device) -> Iterator[int]:
+    """CPU threads for training: torch ops on the calling thread alone; yields the thread count for
+    the likelihood kernel (all of ``torch.get_num_threads()``).
+
+    A step is ~300 torch ops on 128 x n_genes matrices; split over OpenMP threads each op waits for
+    a sleeping helper thread to wake (tens of microseconds on a VM), which costs more than it saves
+    (two threads were slower than one; BENCHMARKS.md). The fused NB/ZINB kernel is the one call with
+    enough work to split, so it gets the threads. torch's thread setting is per thread (OpenMP), so
+    other threads of the process keep theirs; it is restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield threads
+        return
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train_once(
     counts: sp.csr_matrix,
     batch_index: np.ndarray,
@@ -196,6 +223,7 @@ def _train_once(
     val_idx: np.ndarray,
     lr: float,
     device: torch.device,
+    threads: int,
     on_epoch: Callable[[EpochReport], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> TrainingResult:
@@ -230,7 +258,7 @@ def _train_once(
         ):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training was cancelled")
-            parts = module.loss(mb, generator=generator)
+            parts = module.loss(mb, generator=generator, threads=threads)
             loss = parts.training_loss(kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -245,7 +273,7 @@ def _train_once(
         rec, kl = train_rec, train_kl
         if validation:
             val_gen = torch.Generator(device=device).manual_seed(params.seed + 3)
-            val_elbo, rec, kl = evaluate(module, validation, val_gen)
+            val_elbo, rec, kl = evaluate(module, validation, val_gen, threads)
             if not math.isfinite(val_elbo):
                 raise _NonFinite(f"non-finite validation ELBO in epoch {epoch + 1}")
         report = EpochReport(

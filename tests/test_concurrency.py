@@ -14,6 +14,7 @@ import types
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.runtime.caching.cache_utils import CachedFunc
 from streamlit.testing.v1 import AppTest
@@ -43,8 +44,10 @@ REVIEWED_CONSTANTS = {
     ("dashboard.train_form", "LIKELIHOOD_HELP"),  # help texts
     ("dashboard.explore", "METRIC_HELP"),  # help texts
     ("dashboard.explore", "QC_METRICS"),  # obs column -> label
+    ("engine.likelihoods", "_chunk_pool"),  # lru_cache of the process's kernel helper threads, holds no data
 }
-IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType)
+IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType,
+             np.generic)
 
 
 def project_modules() -> list[types.ModuleType]:

@@ -50,6 +50,27 @@ def test_same_seed_same_latent_different_seed_different(small):
     assert not np.allclose(a.latent, c.latent)
 
 
+def test_threads_do_not_change_the_result_and_are_restored(small):
+    """On CPU, torch ops run on one thread and the likelihood kernel on all of them (row chunks
+    computed exactly as one); the caller's thread setting comes back afterwards, also on cancel."""
+    batch, n_batch = codes(small)
+    params = RunParams(max_epochs=2, seed=5)
+    one = train(small.X, batch, n_batch, params, device="cpu")
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        two = train(small.X, batch, n_batch, params, device="cpu", on_epoch=lambda r: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        with pytest.raises(TrainingCancelled):
+            train(small.X, batch, n_batch, params, device="cpu", should_stop=lambda: True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert [r.validation_elbo for r in one.history] == [r.validation_elbo for r in two.history]
+    for a, b in zip(one.module.state_dict().values(), two.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_split_is_seeded_and_disjoint():
     tr, va = split_cells(100, 0.1, seed=0)
     tr2, va2 = split_cells(100, 0.1, seed=0)
