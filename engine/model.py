@@ -121,10 +121,13 @@ def iterate_minibatches(
         cells = order[start : start + chunk]
         block = counts[cells]
         lengths = np.diff(block.indptr)
-        row = np.repeat(np.arange(len(cells), dtype=np.int64), lengths)
-        local_row = row % batch_size
+        # row of each non-zero within its minibatch (repeating the short per-cell array is ~3x cheaper
+        # than a modulo over every non-zero)
+        local_row = np.repeat(np.arange(len(cells), dtype=np.int64) % batch_size, lengths)
         cols = block.indices.astype(np.int64)
-        t_flat = torch.from_numpy(local_row * n_genes + cols).to(device)
+        flat = local_row * n_genes
+        flat += cols
+        t_flat = torch.from_numpy(flat).to(device)
         t_rows = torch.from_numpy(local_row).to(device)
         t_cols = torch.from_numpy(cols).to(device)
         t_vals = torch.from_numpy(block.data).to(device=device, dtype=dtype)
