@@ -12,7 +12,7 @@ from dashboard.de_figures import (
     gene_violins,
     volcano,
 )
-from dashboard.state import get_state
+from dashboard.state import page_state
 from engine.de import FEW_CELLS, MIN_CELLS
 from engine.wilcoxon import concordance
 
@@ -33,7 +33,7 @@ TABLE_CONFIG = {
     **{c: st.column_config.NumberColumn(format="%.2f") for c in ("frac_expr_1", "frac_expr_2")},
 }
 
-state = get_state()
+state = page_state()
 session = dede.de_session()
 st.title("Differential expression")
 st.caption("Compare two groups of cells with the model's Bayesian differential expression: "

@@ -6,9 +6,9 @@ from dashboard import de as dede
 from dashboard import explore
 from dashboard import export as dexport
 from dashboard.de_figures import concordance_scatter, gene_violins, volcano
-from dashboard.state import get_state
+from dashboard.state import page_state
 
-state = get_state()
+state = page_state()
 st.title("Export")
 st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
            "any spreadsheet, the model with `engine.cache.load_run`.")

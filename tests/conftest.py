@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -49,9 +50,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def dashboard_url(tmp_path_factory):
-    """A real dashboard server on a free localhost port, for browser tests; stopped afterwards."""
+@contextlib.contextmanager
+def serve_dashboard(tmp_path_factory):
+    """Start a real dashboard server on a free localhost port; yields its URL, stops it afterwards."""
     import subprocess
     import sys
     import time
@@ -78,13 +79,22 @@ def dashboard_url(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError(f"the dashboard did not start on {url}; see {log.name}")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(tmp_path_factory):
+    """A real dashboard server for browser tests, shared by the whole test session."""
+    with serve_dashboard(tmp_path_factory) as url:
+        yield url
 
 
 @pytest.fixture
