@@ -36,7 +36,7 @@ if [ "$with_tests" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 # Compile the numba kernels (training's NB/ZINB likelihood, the UMAP layout) into the on-disk cache
-# now (~8 s the first time, ~2 s when cached), so that the first training run or first view on this
+# now (~9 s the first time, ~4 s when already cached, imports included), so that the first training run or first view on this
 # machine does not pay for it (BENCHMARKS.md, "numba likelihood kernel").
 echo "==> compiling the numba kernels"
 # shellcheck disable=SC1091
