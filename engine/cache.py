@@ -158,9 +158,11 @@ def cells_hash(adata: AnnData) -> str:
     return h.hexdigest()
 
 
-def _relevant_params(params: RunParams) -> dict[str, Any]:
+def _relevant_params(params: RunParams, *, has_batch: bool) -> dict[str, Any]:
     """The options that change the trained model: drop those the chosen model ignores."""
     values = params.to_dict()
+    if not has_batch:
+        values.pop("encode_covariates")
     if params.likelihood not in DISPERSED_LIKELIHOODS:
         values.pop("dispersion")
     if params.prior != "mixture":
@@ -179,7 +181,7 @@ def run_id_from_hash(data_hash_: str, *, params: RunParams, batch_labels: list[s
     """:func:`run_id` from an already computed :func:`data_hash` and the per-cell batch labels."""
     h = hashlib.blake2b(digest_size=10)
     h.update(f"format={MODEL_FORMAT_VERSION};data={data_hash_};".encode())
-    h.update(json.dumps(_relevant_params(params), sort_keys=True).encode())
+    h.update(json.dumps(_relevant_params(params, has_batch=batch_labels is not None), sort_keys=True).encode())
     h.update(json.dumps(batch_labels).encode())
     return h.hexdigest()
 

@@ -11,7 +11,7 @@ The procedure follows scvi-tools' ``differential_expression`` (``DifferentialCom
    effects cancel in the comparison.
 4. Per gene, the log2 fold change LFC = log2(rho1 + eps) - log2(rho2 + eps) over the pairs.
 
-Decisions, as in scvi-tools:
+Decisions, as in scvi-tools (``DifferentialComputation.get_bayes_factors``, ``test_mode="three"``):
 
 - ``mode="change"`` (Boyeau et al. 2019): ``proba_de = max(P(LFC >= delta), P(LFC < -delta))``,
   the posterior probability that the gene changes by at least ``delta`` (log2 units) in the
@@ -24,11 +24,18 @@ Decisions, as in scvi-tools:
 - ``is_de_fdr``: scVI's posterior expected FDR procedure: sort genes by ``proba_de`` (descending)
   and call the longest prefix whose running mean of ``1 - proba_de`` stays at or below ``fdr``.
 
-The pseudocount ``eps`` is estimated as scVI does: the 90% quantile, over genes with a mean raw
-count below 0.01 in a group, of the largest posterior draw of rho (at least 1e-5 of the library,
-i.e. 0.1 per 10,000). It shrinks the fold changes of genes that are not expressed towards 0.
-The reported LFC summaries (``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_low``, ``lfc_high``) use
-``1e-3 * eps`` as scVI does, so that they are close to the plain fold change of expressed genes.
+The pseudocount ``eps`` is estimated as scvi-tools 1.4.2 does (``estimate_pseudocounts_offset``):
+per group, the 90% quantile, over the genes with a mean raw count below 0.01 in that group, of the
+largest posterior draw of rho; the larger of the two groups' values, divided by the number of genes,
+and at least 1e-10 of the library. It shrinks the fold changes of genes that are not expressed
+towards 0 without flattening those of expressed genes: it is about the size of one gene's share of
+the library, not of the largest artefact. The reported LFC summaries (``lfc_mean``, ``lfc_median``,
+``lfc_std``, ``lfc_low``, ``lfc_high``) use ``1e-3 * eps``, as scvi-tools does, so that they are close
+to the plain fold change of expressed genes.
+
+Differences from scvi-tools, on purpose: ``bayes_factor`` carries the sign of the change (scvi-tools
+reports ``log(proba_de / (1 - proba_de))`` for genes up and down alike), so a volcano can colour
+direction from it; and the "vanilla" ``proba_de`` is two-sided (below).
 
 Re-thresholding: :class:`DEResult` keeps, per gene, evenly spaced order statistics of the LFC
 distribution (sorted, float32), so :meth:`DEResult.table` recomputes ``proba_de``,
@@ -61,8 +68,8 @@ Mode = Literal["vanilla", "change"]
 _BF_EPS = 1e-8
 # Genes with a mean raw count below this in a group count as "not expressed" there (scVI).
 _NOT_EXPRESSED_COUNTS = 0.01
-# Smallest pseudocount, per 10,000 counts (scVI: 1e-5 of the library).
-_MIN_PSEUDOCOUNT = 0.1
+# Smallest pseudocount as a fraction of the library (scvi-tools 1.4.2: 1e-10).
+_MIN_PSEUDOCOUNT_FRACTION = 1e-10
 # Cells per group below which a DE is refused, and below which it is flagged as uncertain.
 MIN_CELLS = 3
 FEW_CELLS = 10
@@ -433,17 +440,27 @@ def estimate_pseudocount(
     not_expressed_2: np.ndarray,
     *,
     quantile: float = 0.9,
+    library_size: float = LIBRARY_SIZE,
 ) -> float:
-    """scVI's pseudocount: how large rho gets for genes a group does not express.
+    """The pseudocount added to rho before the log: scvi-tools 1.4.2's ``estimate_pseudocounts_offset``.
 
-    For each group, the ``quantile`` over its not-expressed genes of the largest posterior draw;
-    the larger of the two groups' values, and at least 0.1 per 10,000 counts.
+    ``draws1``/``draws2`` are posterior draws of rho, (n_draws, n_genes), in counts per
+    ``library_size`` (scvi-tools' ``scale`` is ``library_size=1``). For each group, the ``quantile``
+    over its not-expressed genes of the largest draw (1e-10 of the library when it has none); the
+    larger of the two, divided by the number of genes, and at least 1e-10 of the library.
     """
-    values = [_MIN_PSEUDOCOUNT]
+    floor = _MIN_PSEUDOCOUNT_FRACTION * library_size
+    values = []
     for draws, not_expressed in ((draws1, not_expressed_1), (draws2, not_expressed_2)):
+        if draws.shape[1] != len(not_expressed):
+            raise ValueError(
+                f"draws have {draws.shape[1]} genes but the not-expressed mask has {len(not_expressed)}"
+            )
         if not_expressed.any():
             values.append(float(np.quantile(draws[:, not_expressed].max(axis=0), quantile)))
-    return max(values)
+        else:
+            values.append(floor)
+    return max(floor, max(values) / draws1.shape[1])
 
 
 def fdr_calls(proba_de: np.ndarray, *, fdr: float) -> np.ndarray:

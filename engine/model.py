@@ -1,11 +1,13 @@
 """The scVI-style VAE (Lopez et al. 2018) as a torch module: ``inference -> generative -> loss``.
 
-Layout follows scvi-tools' ``VAE`` with its defaults: fully connected layers of
+Layout as scvi-tools 1.4.2's ``VAE`` (``scvi.module.VAE``): fully connected layers of
 ``Linear -> BatchNorm1d(momentum=0.01, eps=1e-3) -> ReLU -> Dropout`` with the one-hot batch
-injected into every layer; the encoder sees ``log1p`` counts (and the batch, as in the paper's
-q(z | x, s)); the decoder maps (z, s) to a softmax over genes times the library size; dropout only
-in the encoders. All randomness (initialisation, dropout, sampling) draws from an explicit
-``torch.Generator``, so a run is reproducible whatever else the process does with the global RNG.
+injected into every layer of the decoder (``deeply_inject_covariates=True``); the encoder sees
+``log1p`` counts and, with ``RunParams.encode_covariates`` (the paper's q(z | x, s)), the batch too,
+which scvi-tools' default leaves out (``encode_covariates=False``); the decoder maps (z, s) to a
+softmax over genes times the library size; dropout only in the encoders. All randomness
+(initialisation, dropout, sampling) draws from an explicit ``torch.Generator``, so a run is
+reproducible whatever else the process does with the global RNG.
 
 A minibatch arrives as a :class:`Minibatch`: the non-zero counts of its cells (as cut from the CSR
 matrix) plus a few per-cell constants. The count likelihoods are evaluated in two parts: the
@@ -317,12 +319,14 @@ class VAE(nn.Module):
         self.n_batch = max(n_batch, 1)
         self.params = params
         p = params
+        # n_batch=1 gives layers without batch covariates: q(z | x) instead of q(z | x, s)
+        encoder_batches = self.n_batch if p.encode_covariates else 1
         self.z_encoder = Encoder(
-            n_genes, p.n_latent, n_batch=self.n_batch, n_layers=p.n_layers, n_hidden=p.n_hidden, dropout=p.dropout
+            n_genes, p.n_latent, n_batch=encoder_batches, n_layers=p.n_layers, n_hidden=p.n_hidden, dropout=p.dropout
         )
         if p.library == "learned":
             self.l_encoder = Encoder(
-                n_genes, 1, n_batch=self.n_batch, n_layers=1, n_hidden=p.n_hidden, dropout=p.dropout
+                n_genes, 1, n_batch=encoder_batches, n_layers=1, n_hidden=p.n_hidden, dropout=p.dropout
             )
             mean = np.zeros(self.n_batch) if library_log_mean is None else np.asarray(library_log_mean)
             var = np.ones(self.n_batch) if library_log_var is None else np.asarray(library_log_var)

@@ -38,6 +38,10 @@ class RunParams:
     half of the epochs actually trained, so the second half always optimises the true ELBO. Pass
     ``kl_warmup_epochs=400`` to reproduce scvi-tools exactly, ``0`` for no warm-up.
 
+    ``encode_covariates``: whether the encoders see the batch, q(z | x, s) as in the paper, or only
+    the counts, q(z | x), as scvi-tools' default (``encode_covariates=False``). The decoder always
+    sees the batch. It has no effect without a batch key.
+
     ``early_stopping`` stops when the validation ELBO has not improved for ``patience`` epochs and
     keeps the weights of the best epoch (needs ``validation_fraction > 0``).
     """
@@ -51,6 +55,7 @@ class RunParams:
     library: Library = "observed"
     prior: Prior = "normal"
     n_components: int = 10
+    encode_covariates: bool = True
     max_epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3

@@ -98,7 +98,7 @@ def test_lfc_distribution_matches_the_lognormal_reference():
     result = _synthetic_result("change")
     # log2 rho ~ N(., (sigma / ln 2)^2) in each group, so the LFC is normal with sd sqrt(2) sigma / ln 2.
     sd = np.sqrt(2) * 0.3 / np.log(2)
-    assert result.pseudocount == pytest.approx(0.1)  # no unexpressed gene: scVI's floor
+    assert result.pseudocount == pytest.approx(1e-6)  # no unexpressed gene: scvi-tools' floor, per 10k
     assert result.lfc_mean[0] == pytest.approx(2.0, abs=0.03)
     assert np.abs(result.lfc_mean[1:]).max() < 0.03
     assert result.lfc_std == pytest.approx(np.full(4, sd), rel=0.05)
@@ -151,16 +151,41 @@ def test_table_refuses_bad_thresholds():
         result.table(fdr=1.5)
 
 
-def test_pseudocount_is_the_quantile_of_unexpressed_genes_maxima():
+def test_pseudocount_is_the_quantile_of_unexpressed_genes_maxima_over_the_gene_count():
     draws1 = np.array([[0.5, 0.01, 30.0], [2.0, 0.02, 10.0]])
     draws2 = np.array([[0.1, 0.3, 30.0], [0.2, 0.4, 10.0]])
     # Group 1 does not express gene 0 (max 2.0); group 2 does not express genes 0 and 1 (0.2, 0.4).
     value = estimate_pseudocount(
         draws1, draws2, np.array([True, False, False]), np.array([True, True, False]), quantile=0.9
     )
-    assert value == pytest.approx(2.0)
+    assert value == pytest.approx(2.0 / 3)
     none = np.zeros(3, dtype=bool)
-    assert estimate_pseudocount(draws1, draws2, none, none) == pytest.approx(0.1)
+    assert estimate_pseudocount(draws1, draws2, none, none) == pytest.approx(1e-6)  # 1e-10 of 1e4
+
+
+def _fixed_scales() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """40 posterior draws x 30 genes per group, as fractions of the library (scvi-tools' ``scale``)."""
+    n_draws, n_genes = 40, 30
+    d = np.arange(n_draws)[:, None]
+    g = np.arange(n_genes)[None, :]
+    raw1 = (1.0 + np.sin(0.7 * d + 1.3 * g) ** 2) * np.exp(-0.15 * g)
+    raw2 = (1.0 + np.cos(0.4 * d + 0.9 * g) ** 2) * np.exp(-0.1 * (n_genes - g))
+    scale1 = raw1 / raw1.sum(1, keepdims=True)
+    scale2 = raw2 / raw2.sum(1, keepdims=True)
+    return scale1, scale2, np.arange(n_genes) % 3 == 0, np.arange(n_genes) >= 20
+
+
+def test_pseudocount_reproduces_scvi_tools():
+    # Reference values: scvi-tools 1.4.2, scvi.model.base._differential.estimate_pseudocounts_offset
+    # on these arrays (scales_a, scales_b, where_zero_a, where_zero_b, quantile=0.9).
+    scale1, scale2, zero1, zero2 = _fixed_scales()
+    none = np.zeros_like(zero1)
+    assert estimate_pseudocount(scale1, scale2, zero1, zero2, library_size=1.0) == pytest.approx(
+        0.004176086115706033, rel=1e-12
+    )
+    assert estimate_pseudocount(scale1, scale2, none, none, library_size=1.0) == pytest.approx(1e-10)
+    # The same draws per 10,000 counts give the same pseudocount per 10,000 counts.
+    assert estimate_pseudocount(1e4 * scale1, 1e4 * scale2, zero1, zero2) == pytest.approx(41.76086115706033)
 
 
 # ---------------------------------------------------------------- groups
