@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from dashboard.de_figures import volcano
-from engine.de import differential_expression
-from engine.fit import fit
-from engine.params import RunParams
+from engine.analysis.de import differential_expression
+from engine.runs.fit import fit
+from engine.model.params import RunParams
 
 REPO = Path(__file__).resolve().parents[1]
 

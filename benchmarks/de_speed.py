@@ -17,10 +17,10 @@ import anndata as ad
 import numpy as np
 import torch
 
-from engine.de import differential_expression, groups_from_obs
-from engine.fit import fit
-from engine.params import RunParams
-from engine.wilcoxon import concordance, wilcoxon
+from engine.analysis.de import differential_expression, groups_from_obs
+from engine.runs.fit import fit
+from engine.model.params import RunParams
+from engine.analysis.wilcoxon import concordance, wilcoxon
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "kang_pbmc_ctrl.h5ad"
 

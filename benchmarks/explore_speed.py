@@ -31,10 +31,10 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from engine.fit import fit
-    from engine.params import RunParams
+    from engine.runs.fit import fit
+    from engine.model.params import RunParams
 
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=600)
     at.run()
     state = at.session_state["atlas_state"]
     t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def main() -> None:
                      if "Drawn in" in c.value)
         rows.append((label, time.perf_counter() - t, drawn))
 
-    timed("first view: neighbours + UMAP + Leiden", lambda: at.switch_page("pages/explore.py"))
+    timed("first view: neighbours + UMAP + Leiden", lambda: at.switch_page("../pages/explore.py"))
     timed("rerun, nothing changed", lambda: at)
     timed("colour: annotation (cell_type)", lambda: at.selectbox(key="explore_source").set_value("Annotation"))
     timed("colour: annotation donor", lambda: at.selectbox(key="explore_annotation").set_value("donor"))

@@ -33,9 +33,9 @@ def mark(name):
     t0 = time.perf_counter(); c0 = time.process_time()
 import numpy as np
 from anndata import AnnData
-from engine.neighbors import neighbors
-from engine.embedding import umap
-from engine.clustering import leiden
+from engine.analysis.neighbors import neighbors
+from engine.analysis.embedding import umap
+from engine.analysis.clustering import leiden
 mark("imports (numpy, anndata, engine, numba)")
 if sys.argv[2] == "1":
     from engine.warmup import warm_up
@@ -59,7 +59,7 @@ def pca_latent(path: Path) -> None:
     import anndata as ad
     import numpy as np
 
-    from engine.embedding import pca_uncorrected
+    from engine.analysis.embedding import pca_uncorrected
 
     adata = ad.read_h5ad(SAMPLE)
     np.save(path, pca_uncorrected(adata, layer="X", n_comps=10))

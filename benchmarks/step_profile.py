@@ -9,7 +9,7 @@ separately over ``--steps`` steps after ``--warmup`` untimed ones; the table sho
 
 - ours: ``VAE.loss`` + ``training_loss`` (forward), ``backward()``, ``zero_grad`` + Adam ``step``
   (optimizer), plus the time to cut the minibatches from the CSR matrix (data, per step); as in
-  ``engine.training``, torch runs on one thread and the likelihood kernel on ``--threads``;
+  ``engine.model.training``, torch runs on one thread and the likelihood kernel on ``--threads``;
 - scvi-tools (with ``--scvi-python``): this same file is run by that venv's python with
   ``--scvi-side``; it times ``scvi.module.VAE`` forward + ``loss`` (forward), ``backward()`` and
   ``torch.optim.Adam(eps=0.01, weight_decay=1e-6)`` (scvi-tools' TrainingPlan optimizer) on dense
@@ -69,11 +69,11 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from engine.model import VAE, CellConstants, iterate_minibatches
-    from engine.params import RunParams
-    from engine.training import ADAM_EPS, WEIGHT_DECAY, library_log_prior
+    from engine.model.vae import VAE, CellConstants, iterate_minibatches
+    from engine.model.params import RunParams
+    from engine.model.training import ADAM_EPS, WEIGHT_DECAY, library_log_prior
 
-    torch.set_num_threads(1)  # as engine.training: torch ops on one thread, the likelihood kernel on `threads`
+    torch.set_num_threads(1)  # as engine.model.training: torch ops on one thread, the likelihood kernel on `threads`
     params = RunParams(likelihood="zinb", dispersion="gene", n_hidden=128, n_latent=10, dropout=0.1)
     lib_mean, lib_var = library_log_prior(counts, batch, n_batch)
     gen = torch.Generator().manual_seed(0)
@@ -82,7 +82,7 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY, fused=True)
     order = np.random.default_rng(0).permutation(counts.shape[0])
     n = steps + warmup
-    constants = CellConstants.of(counts)  # once per data set, as engine.training does
+    constants = CellConstants.of(counts)  # once per data set, as engine.model.training does
     start = time.perf_counter()
     minibatches = list(
         iterate_minibatches(

@@ -3,7 +3,7 @@
 The comparison the user ran lives in this session's :class:`DESession` (``st.session_state``), the
 results in ``st.cache_data`` keyed on the run, the filtered data and the two cell masks, so a rerun,
 a slider move or a visit to another page never recomputes them. ``delta`` and ``fdr`` are not part
-of the key: :meth:`engine.de.DEResult.table` re-thresholds a stored result in milliseconds.
+of the key: :meth:`engine.analysis.de.DEResult.table` re-thresholds a stored result in milliseconds.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import de as ede
-from engine import wilcoxon as ewilcoxon
+from engine.analysis import de as ede
+from engine.analysis import wilcoxon as ewilcoxon
 
-from . import explore
-from .state import AppState
-from .training import load_run
+from dashboard import explore
+from dashboard.state import AppState
+from dashboard.training import load_run
 
 # Pseudo-columns offered next to the obs annotations.
 CLUSTERS = "Leiden clusters"

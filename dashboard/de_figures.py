@@ -52,7 +52,7 @@ def volcano(
     group_names: tuple[str, str] = ("group 1", "group 2"),
     selected: str | None = None,
 ) -> go.Figure:
-    """Volcano plot of a DE table (:meth:`engine.de.DEResult.table`): LFC mean against ``y``.
+    """Volcano plot of a DE table (:meth:`engine.analysis.de.DEResult.table`): LFC mean against ``y``.
 
     Genes with ``is_de_fdr`` are red, others grey. Dashed lines mark ``+-delta`` (pass None in
     vanilla mode, which has no delta) and the smallest ``y`` of the genes called DE, i.e. where the

@@ -3,7 +3,7 @@
 Everything slow is cached with ``st.cache_data`` keyed on the run id and ``state.filtered_key``, so a
 change of colour, point size or group recomputes nothing but the colour vector:
 
-- the kNN graph of the latent (:func:`engine.neighbors.neighbors`), then UMAP and Leiden from it;
+- the kNN graph of the latent (:func:`engine.analysis.neighbors.neighbors`), then UMAP and Leiden from it;
 - t-SNE, only when the user asks for it;
 - Leiden per resolution; observed and denoised expression per gene;
 - the batch-correction comparison (uncorrected PCA + UMAP, batch-mixing metrics), on demand.
@@ -24,14 +24,14 @@ import pandas as pd
 import scipy.sparse as sp
 import streamlit as st
 
-from engine import batch_metrics as ebm
-from engine import clustering as eclust
-from engine import embedding as eemb
-from engine import neighbors as enb
+from engine.analysis import batch_metrics as ebm
+from engine.analysis import clustering as eclust
+from engine.analysis import embedding as eemb
+from engine.analysis import neighbors as enb
 
-from .explore_figures import Colouring
-from .state import AppState
-from .training import load_run
+from dashboard.explore_figures import Colouring
+from dashboard.state import AppState
+from dashboard.training import load_run
 
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
@@ -97,7 +97,7 @@ def _latent_adata(latent: np.ndarray, n_obs: int) -> ad.AnnData:
 
 @dataclass(frozen=True)
 class Graph:
-    """The kNN graph of a representation, as :func:`engine.neighbors.neighbors` writes it."""
+    """The kNN graph of a representation, as :func:`engine.analysis.neighbors.neighbors` writes it."""
 
     distances: sp.csr_matrix
     connectivities: sp.csr_matrix
@@ -272,7 +272,7 @@ def _observed(key: str, gene: int, _filtered: ad.AnnData) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _denoised(run_id: str, key: str, gene: str, _run, _filtered: ad.AnnData) -> np.ndarray:
-    from engine.inference import normalized_expression  # torch only when the model is used
+    from engine.model.inference import normalized_expression  # torch only when the model is used
 
     adata = _filtered[:, list(_run.var_names)]
     column = list(_run.var_names).index(gene)

@@ -3,11 +3,11 @@
 - :func:`export_anndata` / :func:`h5ad_bytes`: the annotated dataset, readable by scanpy and
   cellxgene. cellxgene displays ``X``, so ``X`` holds log1p(counts per 10,000) and the raw counts
   stay in ``layers["counts"]``.
-- :func:`de_csv_bytes`: a DE table with ``# key: value`` provenance lines (``engine.de.write_de_csv``).
+- :func:`de_csv_bytes`: a DE table with ``# key: value`` provenance lines (``engine.analysis.de.write_de_csv``).
 - :func:`figure_image` (PNG/SVG through kaleido and the local Chromium) and :func:`figure_html`
   (self-contained: plotly.js embedded, works offline).
 - :func:`run_bundle`: the run folder as a zip; unzip it into a folder and
-  ``engine.cache.load_run(folder, run_id)`` loads the model again.
+  ``engine.runs.storage.load_run(folder, run_id)`` loads the model again.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import scipy.sparse as sp
 
-from engine import de as ede
-from engine.fit import write_to_adata
+from engine.analysis import de as ede
+from engine.runs.fit import write_to_adata
 
 ImageFormat = Literal["png", "svg"]
 GeneSet = Literal["run", "all"]
@@ -52,8 +52,8 @@ def export_anndata(
     filtered
         The filtered data (``layers["counts"]`` raw counts), one row per cell of the run.
     run
-        The trained run (:class:`engine.cache.Run`): ``obsm["X_scVI"]`` is its latent mean,
-        ``uns["atlas_run"]`` its provenance (:func:`engine.fit.write_to_adata`).
+        The trained run (:class:`engine.runs.records.Run`): ``obsm["X_scVI"]`` is its latent mean,
+        ``uns["atlas_run"]`` its provenance (:func:`engine.runs.fit.write_to_adata`).
     clusters
         Leiden labels (renamed by the user), indexed by obs_names: written to ``obs["leiden"]``.
     embeddings
@@ -137,7 +137,7 @@ def figure_html(fig: go.Figure) -> bytes:
 def run_bundle(run) -> bytes:
     """The run's cache folder as a zip holding ``<run_id>/model.pt, run.json, history.csv, latent.npy``.
 
-    Unzip it into any folder ``F`` and ``engine.cache.load_run(F, run_id)`` loads the run.
+    Unzip it into any folder ``F`` and ``engine.runs.storage.load_run(F, run_id)`` loads the run.
     """
     if run.path is None or not Path(run.path).is_dir():
         raise ValueError(f"run {run.run_id} has no cache folder to bundle: train it with a cache_dir")

@@ -16,10 +16,10 @@ from typing import Literal
 
 import anndata as ad
 
-from engine.cache import InterruptedRun, clean_stale, data_hash, interrupted_runs, run_id
-from engine.fit import fit
-from engine.params import RunParams
-from engine.training import EpochReport, TrainingCancelled
+from engine.runs.records import InterruptedRun, clean_stale, data_hash, interrupted_runs, run_id
+from engine.runs.fit import fit
+from engine.model.params import RunParams
+from engine.model.training import EpochReport, TrainingCancelled
 
 JobStatus = Literal["running", "finished", "failed", "cancelled"]
 

@@ -15,10 +15,10 @@ from typing import Callable
 import anndata as ad
 import streamlit as st
 
-from engine import io as eio
-from engine import qc as eqc
+from engine.reading import load as eio
+from engine.preprocessing import qc as eqc
 
-from .state import AppState, Dataset
+from dashboard.state import AppState, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO / "sample_data" / "kang_pbmc_ctrl.h5ad"

@@ -12,8 +12,7 @@ import anndata as ad
 import numpy as np
 import streamlit as st
 
-from dashboard.startup import route_through_entry_script
-from engine.qc import QCThresholds
+from engine.preprocessing.qc import QCThresholds
 
 _KEY = "atlas_state"
 
@@ -63,19 +62,7 @@ class AppState:
 
 
 def get_state() -> AppState:
-    """This session's state, created on first use."""
+    """This session's state, created on first use (the entry script calls it before any page runs)."""
     if _KEY not in st.session_state:
         st.session_state[_KEY] = AppState()
     return st.session_state[_KEY]
-
-
-def page_state() -> AppState:
-    """This session's state, for a page file (``pages/``).
-
-    A session without state has never run ``app.py``: if Streamlit ran this page on its own (the
-    first request after a server start, :func:`dashboard.startup.route_through_entry_script`), the
-    run starts again through ``app.py``, which loads the sample and routes back here.
-    """
-    if _KEY not in st.session_state:
-        route_through_entry_script()
-    return get_state()

@@ -6,9 +6,9 @@ import anndata as ad
 import pandas as pd
 import streamlit as st
 
-from engine import io as eio
+from engine.reading import load as eio
 
-from .state import Dataset
+from dashboard.state import Dataset
 
 # A column with more distinct values than this is not offered for splitting plots or as a batch.
 MAX_GROUPS = 100

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from engine.params import RunParams
+from engine.model.params import RunParams
 
 LIKELIHOOD_HELP = {
     "zinb": "zero-inflated negative binomial (scVI's default)",

@@ -11,14 +11,15 @@ import anndata as ad
 import pandas as pd
 import streamlit as st
 
-from engine import cache as ecache
-from engine import diagnostics as ediag
-from engine import qc as eqc
-from engine.params import RunParams
+from engine.runs import records as ecache
+from engine.runs import storage as estorage
+from engine.analysis import diagnostics as ediag
+from engine.preprocessing import qc as eqc
+from engine.model.params import RunParams
 
-from .jobs import JobBoard, TrainingJob
-from .state import AppState
-from .train_form import TrainForm
+from dashboard.jobs import JobBoard, TrainingJob
+from dashboard.state import AppState
+from dashboard.train_form import TrainForm
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ENV = "ATLAS_CACHE_DIR"
@@ -41,7 +42,7 @@ def job_board() -> JobBoard:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def load_run(run_id: str):
     """A cached run, loaded once per server; never mutated. None if not in the cache."""
-    return ecache.load_run(cache_dir(), run_id)
+    return estorage.load_run(cache_dir(), run_id)
 
 
 @dataclass

@@ -1,46 +1,8 @@
-"""Command-line entry point: ``python -m engine COMMAND ...``.
+"""``python -m engine COMMAND ...``: see :mod:`engine.cli.main`."""
 
-Each command lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``.
-Bad input exits with code 2 and a one-line message, never a traceback.
-"""
-
-from __future__ import annotations
-
-import argparse
-import importlib
 import sys
 
-# command name -> module implementing it
-COMMANDS = {
-    "train": "engine.cli_train",
-    "de": "engine.cli_de",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine",
-        description="Atlas Explorer engine: train an scVI-style model and analyse single-cell counts.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMANDS.values():
-        importlib.import_module(module_name).add_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command])
-    try:
-        return int(module.run(args) or 0)
-    except ValueError as err:  # bad input: one line, exit code 2
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
+from engine.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,9 +21,9 @@ def warm_up(seed: int = 0) -> float:
 
     Safe to call from a background thread and more than once; it touches no user data.
     """
-    from engine.clustering import leiden
-    from engine.embedding import umap
-    from engine.neighbors import neighbors
+    from engine.analysis.clustering import leiden
+    from engine.analysis.embedding import umap
+    from engine.analysis.neighbors import neighbors
 
     start = time.perf_counter()
     _likelihood_kernel(seed)
@@ -38,10 +38,10 @@ def warm_up(seed: int = 0) -> float:
 
 
 def _likelihood_kernel(seed: int) -> None:
-    """One ZINB and one NB value-and-gradient on a few synthetic cells (compiles engine.nb_kernel)."""
+    """One ZINB and one NB value-and-gradient on a few synthetic cells (compiles engine.model.nb_kernel)."""
     import torch
 
-    from engine.likelihoods import sparse_nb_log_likelihood
+    from engine.model.likelihoods import sparse_nb_log_likelihood
 
     gen = torch.Generator().manual_seed(seed)
     n, genes = 6, 20

@@ -4,12 +4,12 @@ import streamlit as st
 
 from dashboard import loading
 from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
-from dashboard.state import page_state
+from dashboard.state import get_state
 from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table
-from engine import io as eio
-from engine import qc as eqc
+from engine.reading import load as eio
+from engine.preprocessing import qc as eqc
 
-state = page_state()
+state = get_state()
 
 st.title("Data")
 st.caption("Load a count matrix, check its quality and choose filters. "

@@ -12,9 +12,9 @@ from dashboard.de_figures import (
     gene_violins,
     volcano,
 )
-from dashboard.state import page_state
-from engine.de import FEW_CELLS, MIN_CELLS
-from engine.wilcoxon import concordance
+from dashboard.state import get_state
+from engine.analysis.de import FEW_CELLS, MIN_CELLS
+from engine.analysis.wilcoxon import concordance
 
 MODE_HELP = {
     "change": "Change (Boyeau et al. 2019): probability that the log2 fold change exceeds delta.",
@@ -33,7 +33,7 @@ TABLE_CONFIG = {
     **{c: st.column_config.NumberColumn(format="%.2f") for c in ("frac_expr_1", "frac_expr_2")},
 }
 
-state = page_state()
+state = get_state()
 session = dede.de_session()
 st.title("Differential expression")
 st.caption("Compare two groups of cells with the model's Bayesian differential expression: "

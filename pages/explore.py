@@ -6,9 +6,9 @@ import streamlit as st
 
 from dashboard import explore as ex
 from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
-from dashboard.state import page_state
+from dashboard.state import get_state
 
-state = page_state()
+state = get_state()
 
 st.title("Explore")
 st.caption("The cells in the trained model's latent space: clusters, annotations and genes, and "

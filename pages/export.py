@@ -6,12 +6,12 @@ from dashboard import de as dede
 from dashboard import explore
 from dashboard import export as dexport
 from dashboard.de_figures import concordance_scatter, gene_violins, volcano
-from dashboard.state import page_state
+from dashboard.state import get_state
 
-state = page_state()
+state = get_state()
 st.title("Export")
 st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
-           "any spreadsheet, the model with `engine.cache.load_run`.")
+           "any spreadsheet, the model with `engine.runs.storage.load_run`.")
 
 run = explore.require_active_run(state)
 stem = f"atlas_{run.run_id[:10]}"
@@ -97,7 +97,7 @@ with st.container(border=True):
     st.subheader("Model bundle (.zip)")
     st.markdown(f"The run folder: weights (`model.pt`), `run.json` (parameters, genes, metrics), "
                 f"`history.csv`, `latent.npy`. Unzip it into a folder `F` and load it with "
-                f"`engine.cache.load_run(F, '{run.run_id}')`.")
+                f"`engine.runs.storage.load_run(F, '{run.run_id}')`.")
     try:
         st.download_button("Download the model bundle", dexport.run_bundle(run),
                            file_name=f"{stem}_model.zip", mime="application/zip",

@@ -5,10 +5,10 @@ import streamlit as st
 
 from dashboard import training
 from dashboard.figures import elbo_curve, latent_activity, ppc_scatter
-from dashboard.state import page_state
+from dashboard.state import get_state
 from dashboard.train_form import LIKELIHOOD_HELP, TrainForm, history_frame, run_label, runs_table
 
-state = page_state()
+state = get_state()
 st.title("Train")
 st.caption("Train the scVI model on the filtered data from the Data page. Runs are cached: "
            "the same data and settings load at once instead of training again.")

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 # shellcheck disable=SC1091
 . scripts/env.sh
-exec streamlit run app.py --server.address localhost --server.port "${PORT:-8501}" "$@"
+exec streamlit run dashboard/app.py --server.address localhost --server.port "${PORT:-8501}" "$@"

@@ -63,7 +63,7 @@ def serve_dashboard(tmp_path_factory):
     env["ATLAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("runs"))
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -132,10 +132,10 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
     (QUICK_EPOCHS epochs, cached across tests) made active. Returns (AppTest, AppState, Run)."""
     from streamlit.testing.v1 import AppTest
 
-    from engine.fit import fit
-    from engine.params import RunParams
+    from engine.runs.fit import fit
+    from engine.model.params import RunParams
 
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
     at.run()
     at.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(),
                                    "application/octet-stream")).run()

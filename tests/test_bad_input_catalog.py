@@ -28,10 +28,10 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import training
 from dashboard.train_form import TrainForm
-from engine import de as ede
-from engine.cache import list_runs
-from engine.io import read_counts
-from engine.params import RunParams
+from engine.analysis import de as ede
+from engine.runs.records import list_runs
+from engine.reading.load import read_counts
+from engine.model.params import RunParams
 
 from .conftest import REPO, app_with_active_run
 
@@ -248,7 +248,7 @@ def test_qc_max_counts_below_min_counts(session):
 # ---------------------------------------------------------------------------------- training options
 def test_latent_larger_than_the_genes_on_the_train_page(session):
     at, state, run = session
-    at.switch_page("pages/train.py").run()
+    at.switch_page("../pages/train.py").run()
     next(s for s in at.slider if s.label == "Latent size").set_value(64)
     next(n for n in at.number_input if n.label.startswith("Highly variable genes")).set_value(50)
     next(b for b in at.button if b.label == "Train").click().run()
@@ -258,7 +258,7 @@ def test_latent_larger_than_the_genes_on_the_train_page(session):
     assert any("larger than the number of genes (50)" in e.value for e in at.error), state.load_error
     assert state.watched_job is None and state.active_run_id == run.run_id
     assert not at.exception
-    at.switch_page("pages/data.py").run()
+    at.switch_page("../pages/data.py").run()
     assert_still_usable(at, state, run)
 
 
@@ -336,7 +336,7 @@ def test_de_group_masks(labelled, make, expected):
 @pytest.mark.parametrize("damage", ["truncated weights", "broken run.json", "missing history"])
 def test_damaged_cached_run_is_not_listed_and_the_page_survives(session, run_cache, damage):
     at, state, run = session
-    from engine.fit import fit
+    from engine.runs.fit import fit
 
     damaged = fit(state.filtered.copy(), params=RunParams(max_epochs=1, seed=100 + len(damage)),
                   batch_key=None, cache_dir=run_cache)
@@ -349,12 +349,12 @@ def test_damaged_cached_run_is_not_listed_and_the_page_survives(session, run_cac
     else:
         (folder / "history.csv").unlink()
     assert damaged.run_id not in {r.run_id for r in list_runs(run_cache)}
-    at.switch_page("pages/train.py").run()
+    at.switch_page("../pages/train.py").run()
     assert not at.exception, at.exception
     listed = [df.value for df in at.dataframe if "run" in df.value.columns]
     assert listed and damaged.run_id[:10] not in set(listed[0]["run"])
     assert run.run_id[:10] in set(listed[0]["run"])
-    at.switch_page("pages/data.py").run()
+    at.switch_page("../pages/data.py").run()
     assert_still_usable(at, state, run)
 
 
@@ -363,7 +363,7 @@ def test_unicode_and_very_long_gene_names_load(tmp_path):
     frame = counts_frame(n_cells=30, n_genes=6)
     long_name = "GENE_" + "X" * 500
     frame.columns = ["Ifnγ", "αβTCR", long_name, "NKG7", "GNLY", "基因"]
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
     at.run()
     at.file_uploader[0].set_value(("ünïcødé.csv", csv_bytes(frame), "text/csv")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -378,7 +378,7 @@ def test_100k_all_zero_columns_load_sparse_and_are_reported(tmp_path):
     rows = np.repeat(np.arange(n_cells), 20)
     cols = rng.integers(0, 40, size=rows.size)
     x = sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=(n_cells, n_genes))
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
     at.run()
     at.file_uploader[0].set_value(("wide.h5ad", h5ad_bytes(x), "application/octet-stream")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -391,7 +391,7 @@ def test_100k_all_zero_columns_load_sparse_and_are_reported(tmp_path):
 
 def test_pressing_train_on_a_corrupt_cached_run_trains_it_again(session, run_cache):
     at, state, run = session
-    at.switch_page("pages/train.py").run()
+    at.switch_page("../pages/train.py").run()
     next(c for c in at.checkbox if c.label == "Epochs: automatic").uncheck()
     next(n for n in at.number_input if n.label == "Epochs (if not automatic)").set_value(2)
     next(s for s in at.selectbox if s.label == "Likelihood").set_value("poisson")
@@ -412,5 +412,5 @@ def test_pressing_train_on_a_corrupt_cached_run_trains_it_again(session, run_cac
     at.run()
     assert state.active_run_id == rid and training.load_run(rid) is not None
     state.active_run_id = run.run_id  # back to the session's run for the other cases
-    at.switch_page("pages/data.py").run()
+    at.switch_page("../pages/data.py").run()
     assert_still_usable(at, state, run)

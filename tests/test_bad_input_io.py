@@ -14,7 +14,7 @@ import pytest
 from scipy import sparse
 from scipy.io import mmwrite
 
-from engine.io import read_counts
+from engine.reading.load import read_counts
 
 
 def counts_frame(n_cells: int = 6, n_genes: int = 5, seed: int = 0) -> pd.DataFrame:

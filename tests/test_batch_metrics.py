@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.batch_metrics import BatchMetrics, batch_mixing
-from engine.embedding import pca_uncorrected
+from engine.analysis.batch_metrics import BatchMetrics, batch_mixing
+from engine.analysis.embedding import pca_uncorrected
 from tests.conftest import shared_file
 
 

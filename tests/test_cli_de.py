@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from engine.__main__ import main
-from engine.cache import load_run
-from engine.cli_de import parse_within
-from engine.de import differential_expression, groups_from_obs
-from engine.fit import fit
-from engine.params import RunParams
+from engine.runs.storage import load_run
+from engine.cli.de import parse_within
+from engine.analysis.de import differential_expression, groups_from_obs
+from engine.runs.fit import fit
+from engine.model.params import RunParams
 
 
 @pytest.fixture(scope="module")

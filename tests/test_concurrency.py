@@ -23,38 +23,42 @@ import dashboard
 import engine
 from dashboard import training
 from dashboard.jobs import JobBoard
-from engine.cache import list_runs
-from engine.io import read_counts
-from engine.params import RunParams
+from engine.runs.records import list_runs
+from engine.reading.load import read_counts
+from engine.model.params import RunParams
 
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 # engine/__init__.py exports the function fit, which hides the module of the same name
-FIT_MODULE = importlib.import_module("engine.fit")
+FIT_MODULE = importlib.import_module("engine.runs.fit")
 EPOCHS = 3
 
 # Module-level containers reviewed by hand: constant lookup tables, never written at run time
 # (the test below checks that they do not change while sessions work).
 REVIEWED_CONSTANTS = {
-    ("engine.__main__", "COMMANDS"),  # sub-command -> module name
+    ("engine.cli.main", "COMMANDS"),  # sub-command -> module name
     ("dashboard.de_figures", "Y_TITLES"),  # axis titles
     ("dashboard.de_figures", "_MARGIN"),  # figure margins
     ("dashboard.figures", "QC_LABELS"),  # axis titles
     ("dashboard.train_form", "LIKELIHOOD_HELP"),  # help texts
     ("dashboard.explore", "METRIC_HELP"),  # help texts
     ("dashboard.explore", "QC_METRICS"),  # obs column -> label
-    ("engine.likelihoods", "_chunk_pool"),  # lru_cache of the process's kernel helper threads, holds no data
+    ("engine.model.likelihoods", "_chunk_pool"),  # lru_cache of the process's kernel helper threads, holds no data
 }
 IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType,
              np.generic)
 
 
 def project_modules() -> list[types.ModuleType]:
+    """Every module of engine and dashboard, subpackages included (not the entry script, which is a
+    Streamlit script run per session rather than a module)."""
     modules = []
     for package in (engine, dashboard):
-        for info in pkgutil.iter_modules(package.__path__):
-            modules.append(importlib.import_module(f"{package.__name__}.{info.name}"))
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+            if info.name != "dashboard.app":
+                modules.append(importlib.import_module(info.name))
+    assert len(modules) > 30, [m.__name__ for m in modules]  # the walk reached the subpackages
     return modules
 
 
@@ -122,10 +126,10 @@ def datasets(kang_small_path, tmp_path_factory) -> dict[str, bytes]:
 
 
 def open_session(upload_name: str, data: bytes) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
     at.run()
     at.file_uploader[0].set_value((upload_name, data, "application/octet-stream")).run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("../pages/train.py").run()
     assert not at.exception, at.exception
     next(c for c in at.checkbox if c.label == "Epochs: automatic").uncheck()
     next(n for n in at.number_input if n.label == "Epochs (if not automatic)").set_value(EPOCHS)

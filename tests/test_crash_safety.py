@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache import clean_stale, interrupted_runs, list_runs, load_run, run_id
-from engine.fit import fit
-from engine.io import read_counts
-from engine.params import RunParams
+from engine.runs.records import clean_stale, interrupted_runs, list_runs, run_id
+
+from engine.runs.storage import load_run
+from engine.runs.fit import fit
+from engine.reading.load import read_counts
+from engine.model.params import RunParams
 
 from .conftest import REPO
 
@@ -35,8 +37,8 @@ CHILD_PRELUDE = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from engine.io import read_counts
-from engine.params import RunParams
+from engine.reading.load import read_counts
+from engine.model.params import RunParams
 adata = read_counts(sys.argv[1])[:400].copy()
 params = RunParams(max_epochs={epochs}, early_stopping=False, seed=0)
 def say(text):
@@ -95,7 +97,7 @@ def test_sigkill_mid_training_leaves_no_finished_run_and_is_reported(small, kang
     rid = run_id(small, params=PARAMS, batch_key=None)
     proc = run_until(
         """
-        from engine.fit import fit
+        from engine.runs.fit import fit
         def on_epoch(report):
             say(f"epoch {report.epoch}")
             if report.epoch == 1:
@@ -127,14 +129,14 @@ def test_sigkill_while_saving_leaves_a_tmp_folder_that_is_cleaned(small, kang_sm
     rid = run_id(small, params=PARAMS, batch_key=None)
     proc = run_until(
         """
-        import engine.cache
-        real_save = engine.cache.np.save
+        import engine.runs.records
+        real_save = engine.runs.records.np.save
         def slow_save(*args, **kwargs):  # weights are on disk, the rest is not yet
             real_save(*args, **kwargs)
             say("half written")
             time.sleep(300)
-        engine.cache.np.save = slow_save
-        from engine.fit import fit
+        engine.runs.records.np.save = slow_save
+        from engine.runs.fit import fit
         fit(adata, params=params, cache_dir=sys.argv[2])
         """,
         "half written", str(kang_small_path), str(cache),
@@ -189,7 +191,7 @@ def test_server_killed_mid_job_then_restarted(small, kang_small_path, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated weights", "broken json", "missing latent"])
 def test_corrupt_entry_is_reported_then_retrained(small, tmp_path, damage):
-    from engine.cache import CorruptRunError
+    from engine.runs.records import CorruptRunError
 
     cache = tmp_path / "runs"
     run = fit(small.copy(), params=RunParams(max_epochs=2), cache_dir=cache)

@@ -8,16 +8,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.state import AppState
-from engine import qc as eqc
-from engine.io import read_counts
+from engine.preprocessing import qc as eqc
+from engine.reading.load import read_counts
 
-from .conftest import REPO, SAMPLE
+from .conftest import REPO
 
 TIMEOUT = 120
 
 
 def start() -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
     return at
@@ -111,8 +111,8 @@ def test_normalised_upload_is_refused_with_a_reason(kang_small_path, tmp_path):
     assert metric(at, "Cells") == "12,261"
 
 
-@pytest.mark.parametrize("page", ["pages/train.py", "pages/explore.py",
-                                  "pages/differential_expression.py", "pages/export.py"])
+@pytest.mark.parametrize("page", ["../pages/train.py", "../pages/explore.py",
+                                  "../pages/differential_expression.py", "../pages/export.py"])
 def test_every_page_renders_without_error(page):
     at = start()
     at.switch_page(page).run()

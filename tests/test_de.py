@@ -1,4 +1,4 @@
-"""Bayesian differential expression (engine.de) and the Wilcoxon reference (engine.wilcoxon)."""
+"""Bayesian differential expression (engine.analysis.de) and the Wilcoxon reference (engine.analysis.wilcoxon)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import scipy.stats
 import torch
 
-from engine.de import (
+from engine.analysis.de import (
     DEResult,
     check_groups,
     differential_expression,
@@ -20,9 +19,9 @@ from engine.de import (
     summarize_lfc,
     write_de_csv,
 )
-from engine.fit import fit
-from engine.params import RunParams
-from engine.wilcoxon import concordance, wilcoxon
+from engine.runs.fit import fit
+from engine.model.params import RunParams
+from engine.analysis.wilcoxon import concordance, wilcoxon
 from tests.conftest import shared_file
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 from dashboard import de as dede
 from tests.conftest import app_with_active_run
 
-DE_PAGE = "pages/differential_expression.py"
+DE_PAGE = "../pages/differential_expression.py"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_a_group_under_three_cells_is_refused(de_app, counted):
 @pytest.mark.slow
 def test_export_page_offers_every_download(de_app, counted):
     at, state, run = de_app
-    at.switch_page("pages/export.py").run()
+    at.switch_page("../pages/export.py").run()
     assert not at.exception, at.exception
     _widget(at.button, "Prepare the .h5ad").click().run()
     assert not at.exception, at.exception

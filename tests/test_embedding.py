@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
-from engine.clustering import leiden
-from engine.embedding import pca_uncorrected, tsne, umap
-from engine.neighbors import exact_knn, neighbors
+from engine.analysis.clustering import leiden
+from engine.analysis.embedding import pca_uncorrected, tsne, umap
+from engine.analysis.neighbors import exact_knn, neighbors
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_connectivities_symmetric_in_unit_interval(kang_graph):
 
 def test_memberships_solve_umaps_calibration_equation(kang):
     """Per cell, memberships to its k-1 other neighbours sum to log2(k); the nearest one is 1."""
-    from engine.neighbors import smooth_knn_dist
+    from engine.analysis.neighbors import smooth_knn_dist
 
     indices, distances = exact_knn(kang.obsm["X_pca"], n_neighbors=15)
     sigmas, rhos = smooth_knn_dist(distances, 15.0)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def app(run_cache, kang_small_path):
     at, state, run = app_with_active_run(run_cache, kang_small_path, batch_key="donor")
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("../pages/explore.py").run()
     assert not at.exception, at.exception
     return at, state, run
 

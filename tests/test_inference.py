@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import inference as inf
-from engine.fit import fit
-from engine.params import RunParams
+from engine.model import inference as inf
+from engine.runs.fit import fit
+from engine.model.params import RunParams
 
 torch.set_num_threads(1)
 
@@ -59,7 +59,7 @@ def test_normalized_expression_shapes_and_transform_batch(trained):
 
 def test_heldout_elbo_matches_validation_metric(trained):
     run, adata = trained
-    from engine.training import split_cells
+    from engine.model.training import split_cells
 
     _, val = split_cells(adata.n_obs, run.params.validation_fraction, run.params.seed)
     parts = inf.heldout_elbo(run, adata, indices=val)

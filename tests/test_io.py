@@ -15,7 +15,7 @@ import pytest
 from scipy import sparse
 from scipy.io import mmwrite
 
-from engine.io import (
+from engine.reading.load import (
     SUPPORTED_FORMATS,
     check_counts,
     format_of,

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from scipy.special import digamma, expit, gammaln
 
-from engine.likelihoods import (
+from engine.model.likelihoods import (
     _digamma,
     log_nb_positive,
     log_normal,

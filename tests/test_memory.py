@@ -9,11 +9,11 @@ import pytest
 from scipy import sparse
 
 from engine import memory
-from engine.de import differential_expression
-from engine.diagnostics import posterior_predictive_check
-from engine.fit import fit
-from engine.io import read_counts
-from engine.params import RunParams
+from engine.analysis.de import differential_expression
+from engine.analysis.diagnostics import posterior_predictive_check
+from engine.runs.fit import fit
+from engine.reading.load import read_counts
+from engine.model.params import RunParams
 
 
 def test_check_dense_size_returns_the_size_or_explains():

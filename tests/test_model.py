@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from engine import likelihoods as L
-from engine.model import VAE, CellConstants, iterate_minibatches
-from engine.params import RunParams
+from engine.model import likelihoods as L
+from engine.model.vae import VAE, CellConstants, iterate_minibatches
+from engine.model.params import RunParams
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import likelihoods, nb_kernel
-from engine.likelihoods import sparse_nb_log_likelihood
+from engine.model import likelihoods
+
+from engine.model import nb_kernel
+from engine.model.likelihoods import sparse_nb_log_likelihood
 from tests.test_likelihoods import sparse_inputs
 
 

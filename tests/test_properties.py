@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from scipy import sparse
 from scipy.io import mmwrite
 
-from engine.io import read_counts
-from engine.likelihoods import (
+from engine.reading.load import read_counts
+from engine.model.likelihoods import (
     log_nb_positive,
     log_normal,
     log_poisson,

@@ -10,8 +10,8 @@ import pytest
 import scanpy as sc
 from scipy import sparse
 
-from engine import qc
-from engine.io import read_counts
+from engine.preprocessing import qc
+from engine.reading.load import read_counts
 from tests.conftest import SAMPLE, shared_file
 
 

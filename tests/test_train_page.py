@@ -14,8 +14,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard import training
 from dashboard.jobs import JobBoard
 from dashboard.train_form import TrainForm
-from engine.cache import list_runs
-from engine.params import RunParams
+from engine.runs.records import list_runs
+from engine.model.params import RunParams
 
 from .conftest import REPO
 
@@ -23,11 +23,11 @@ pytestmark = pytest.mark.slow
 
 
 def uploaded_app(kang_small_path) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
     at.run()
     at.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(),
                                    "application/octet-stream")).run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("../pages/train.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -118,7 +118,7 @@ def test_bad_batch_in_page_shows_error_and_page_stays_usable(kang_small_path):
 
 
 def test_cancel_stops_within_two_seconds_and_saves_nothing(tmp_path, kang_small_path):
-    from engine.io import read_counts
+    from engine.reading.load import read_counts
 
     adata = read_counts(kang_small_path)
     board = JobBoard(tmp_path)
@@ -135,7 +135,7 @@ def test_cancel_stops_within_two_seconds_and_saves_nothing(tmp_path, kang_small_
 
 
 def test_two_sessions_share_one_job(tmp_path, kang_small_path):
-    from engine.io import read_counts
+    from engine.reading.load import read_counts
 
     adata = read_counts(kang_small_path)
     board = JobBoard(tmp_path)
@@ -165,7 +165,7 @@ def test_form_params_validation_lists_allowed_values():
 def test_diagnostics_for_two_runs_side_by_side(run_cache, kang_small_path):
     at = uploaded_app(kang_small_path)
     state = at.session_state["atlas_state"]
-    from engine.fit import fit
+    from engine.runs.fit import fit
 
     for likelihood in ("zinb", "poisson"):
         fit(state.filtered.copy(), params=RunParams(likelihood=likelihood, max_epochs=3),

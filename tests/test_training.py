@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from engine.fit import fit
-from engine.params import RunParams
-from engine.training import EpochReport, TrainingCancelled, TrainingDiverged, split_cells, train
+from engine.runs.fit import fit
+from engine.model.params import RunParams
+from engine.model.training import EpochReport, TrainingCancelled, TrainingDiverged, split_cells, train
 
 torch.set_num_threads(1)
 

@@ -2,8 +2,8 @@
 
 ::
 
-    from engine.fit import fit
-    from engine.params import RunParams
+    from engine.runs.fit import fit
+    from engine.model.params import RunParams
     run = fit(adata, params=RunParams(likelihood="nb", max_epochs=50), batch_key="donor",
               cache_dir=".atlas/runs")
     adata.obsm["X_scVI"]          # posterior means, (n_cells, n_latent)
@@ -24,7 +24,7 @@ import torch
 from anndata import AnnData
 
 import engine
-from engine.cache import (
+from engine.runs.records import (
     CorruptRunError,
     Run,
     cells_hash,
@@ -32,17 +32,16 @@ from engine.cache import (
     counts_matrix,
     data_hash,
     delete_run,
-    load_run,
     run_id_from_hash,
     run_lock,
-    save_run,
     training_marker,
 )
-from engine.counts import check_counts
-from engine.inference import posterior_means
-from engine.params import COUNT_LIKELIHOODS, RunParams
-from engine.training import EpochReport, evaluate, train
-from engine.model import iterate_minibatches
+from engine.runs.storage import load_run, save_run
+from engine.reading.raw_counts import check_counts
+from engine.model.inference import posterior_means
+from engine.model.params import COUNT_LIKELIHOODS, RunParams
+from engine.model.training import EpochReport, evaluate, train
+from engine.model.vae import iterate_minibatches
 
 __all__ = ["fit", "training_inputs", "write_to_adata"]
 
@@ -103,10 +102,10 @@ def fit(
     """Train a model on the counts of ``adata`` (or load the identical run from ``cache_dir``).
 
     Counts come from ``layers["counts"]``, else ``X``; count likelihoods refuse anything but raw
-    counts. With ``cache_dir`` the run is looked up by :func:`engine.cache.run_id` first (under a
+    counts. With ``cache_dir`` the run is looked up by :func:`engine.runs.records.run_id` first (under a
     file lock, so concurrent callers train it once) and saved atomically after training; a corrupt
     cached run is retrained and replaced. ``on_epoch`` / ``should_stop``: see
-    :func:`engine.training.train` (cancelling raises :class:`~engine.training.TrainingCancelled` and
+    :func:`engine.model.training.train` (cancelling raises :class:`~engine.model.training.TrainingCancelled` and
     saves nothing). Writes ``adata.obsm["X_scVI"]`` and ``adata.uns["atlas_run"]``.
     """
     counts, codes, categories = training_inputs(adata, params=params, batch_key=batch_key)
@@ -158,7 +157,7 @@ def _train_run(
     if len(result.validation_indices):
         device_ = next(module.parameters()).device
         mbs = list(iterate_minibatches(counts, codes, result.validation_indices, 1024, device_))
-        # seed 0 as in engine.inference.heldout_elbo, so both report the same number
+        # seed 0 as in engine.model.inference.heldout_elbo, so both report the same number
         elbo, rec, kl = evaluate(module, mbs, torch.Generator(device=device_).manual_seed(0))
     used_device = str(next(module.parameters()).device)
     module = module.cpu().eval()

@@ -1,4 +1,9 @@
-"""The run cache: one folder per trained model, named by a hash of everything that determines it.
+"""The run cache's records: run ids, hashes, ``run.json``, listings, locks and crash notes. No torch.
+
+The weights themselves are written and read by :mod:`engine.runs.storage`; this module is what the
+dashboard and the CLI need to find, list, lock and delete runs without loading torch.
+
+The cache: one folder per trained model, named by a hash of everything that determines it.
 
 ``cache_dir/<run_id>/`` holds ``model.pt`` (the ``state_dict``, loaded with ``weights_only=True``),
 ``run.json`` (parameters, metrics, batch categories, genes, data hash), ``history.csv`` (one row per
@@ -20,22 +25,22 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
-from engine.model import VAE
-from engine.params import DISPERSED_LIKELIHOODS, RunParams
+from engine.model.params import DISPERSED_LIKELIHOODS, RunParams
+
+if TYPE_CHECKING:
+    from engine.model.vae import VAE
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
@@ -49,12 +54,11 @@ __all__ = [
     "data_hash",
     "has_run",
     "delete_run",
+    "read_info",
     "interrupted_runs",
     "list_runs",
-    "load_run",
     "run_id",
     "run_lock",
-    "save_run",
     "training_marker",
 ]
 
@@ -76,7 +80,7 @@ class Run:
     ``metrics`` holds: seed, versions (torch, numpy, engine), train_seconds, seconds_per_epoch,
     n_epochs_trained, best_epoch, lr, device, elbo_validation, reconstruction_validation,
     kl_validation (None without a validation set), n_cells, n_genes, data_hash, created (ISO date).
-    ``history`` has one row per epoch with the :class:`~engine.training.EpochReport` fields;
+    ``history`` has one row per epoch with the :class:`~engine.model.training.EpochReport` fields;
     ``latent`` is the posterior mean of every training cell (n_cells, n_latent); ``module`` is
     in eval mode on the CPU; ``path`` is the cache folder (None when not cached).
     """
@@ -196,82 +200,14 @@ def _batch_labels(adata: AnnData, batch_key: str | None) -> list[str] | None:
     return adata.obs[batch_key].astype(str).tolist()
 
 
-# ------------------------------------------------------------------------------------- read/write
-def save_run(run: Run, cache_dir: str | os.PathLike[str], *, data_hash_: str) -> Path:
-    """Write ``run`` atomically to ``cache_dir/<run_id>/`` (replacing a previous folder) and return it."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / run.run_id
-    tmp = cache_dir / f"{TMP_PREFIX}{run.run_id}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        torch.save(run.module.state_dict(), tmp / "model.pt")
-        np.save(tmp / "latent.npy", run.latent)
-        run.history.to_csv(tmp / "history.csv", index=False)
-        info = {
-            "format_version": MODEL_FORMAT_VERSION,
-            "run_id": run.run_id,
-            "data_hash": data_hash_,
-            "params": run.params.to_dict(),
-            "metrics": run.metrics,
-            "batch_key": run.batch_key,
-            "batch_categories": run.batch_categories,
-            "var_names": run.var_names,
-        }
-        # run.json last: its presence in a complete folder is what makes a run
-        (tmp / "run.json").write_text(json.dumps(info, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    run.path = final
-    return final
-
-
+# ------------------------------------------------------------------------------------------ reading
 def has_run(cache_dir: str | os.PathLike[str], run_id: str) -> bool:
     """Whether a finished run folder exists (cheap: reads nothing)."""
     return (Path(cache_dir) / run_id / "run.json").is_file()
 
 
-def load_run(cache_dir: str | os.PathLike[str], run_id: str) -> Run | None:
-    """Load a cached run, or None when there is none. Raises :class:`CorruptRunError` when unreadable."""
-    path = Path(cache_dir) / run_id
-    if not path.is_dir():
-        return None
-    info = _read_info(path)
-    try:
-        params = RunParams.from_dict(info["params"])
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        categories = info["batch_categories"]
-        module = VAE(len(info["var_names"]), len(categories) if categories else 1, params)
-        module.load_state_dict(state)
-        module.eval()
-        latent = np.load(path / "latent.npy")
-        history = pd.read_csv(path / "history.csv")
-    except CorruptRunError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure to read means the folder is unusable
-        raise CorruptRunError(
-            f"run {run_id} in {path} is corrupt ({type(err).__name__}: {err}); delete it with "
-            "engine.cache.delete_run or train again (fit replaces it)"
-        ) from err
-    return Run(
-        run_id=run_id,
-        params=params,
-        batch_key=info["batch_key"],
-        batch_categories=categories,
-        var_names=info["var_names"],
-        metrics=info["metrics"],
-        history=history,
-        latent=latent,
-        module=module,
-        path=path,
-    )
-
-
-def _read_info(path: Path) -> dict[str, Any]:
+def read_info(path: Path) -> dict[str, Any]:
+    """``run.json`` of a finished run folder, checked; :class:`CorruptRunError` when incomplete."""
     try:
         info = json.loads((path / "run.json").read_text())
         missing = [f for f in FILES if not (path / f).is_file()]
@@ -285,7 +221,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001
         raise CorruptRunError(
             f"run folder {path} is corrupt ({type(err).__name__}: {err}); delete it with "
-            "engine.cache.delete_run or train again (fit replaces it)"
+            "engine.runs.records.delete_run or train again (fit replaces it)"
         ) from err
     return info
 
@@ -303,7 +239,7 @@ def list_runs(cache_dir: str | os.PathLike[str], *, data_hash: str | None = None
         if path.name.startswith(".") or not path.is_dir():
             continue
         try:
-            info = _read_info(path)
+            info = read_info(path)
             params = RunParams.from_dict(info["params"])
         except (CorruptRunError, ValueError, TypeError):
             continue
@@ -344,7 +280,6 @@ def training_marker(
     """Note in ``cache_dir`` that ``run_id`` is training; the note goes when the block ends, however
     it ends, unless the process is killed: then :func:`interrupted_runs` finds it. Hold
     :func:`run_lock` around it (``fit`` does), so a live trainer is told from a dead one."""
-    import datetime as dt
 
     path = _marker(Path(cache_dir), run_id)
     note = {"run_id": run_id, "data_hash": data_hash_, "batch_key": batch_key,

@@ -1,7 +1,7 @@
 """One reader per file format, each turning a file into an AnnData with cells as rows.
 
 Readers only parse; deciding which matrix holds counts, cleaning names and dropping empty cells is
-:func:`engine.io.read_counts`'s job. Every reader turns a parse failure into a ``ValueError`` that
+:func:`engine.reading.load.read_counts`'s job. Every reader turns a parse failure into a ``ValueError`` that
 says the file looks truncated or corrupt, never a raw h5py/zlib traceback.
 """
 
@@ -26,7 +26,8 @@ import pandas as pd
 from scipy import sparse
 from scipy.io import mmread
 
-from engine import genes, memory
+from engine import memory
+from engine.reading import genes
 
 Format = Literal["h5ad", "10x_h5", "loom", "csv", "mtx_dir", "archive"]
 Orientation = Literal["cells x genes", "genes x cells"]

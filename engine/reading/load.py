@@ -6,7 +6,7 @@ tables in either orientation and Loom. It finds the raw counts (``X``, ``layers[
 all-zero cells and genes, makes names unique, picks readable gene names and writes what it did to
 ``uns["atlas_load"]``::
 
-    from engine.io import read_counts, summarize
+    from engine.reading.load import read_counts, summarize
     adata = read_counts("filtered_feature_bc_matrix.h5")
     adata.uns["atlas_load"]["messages"]   # sentences for the page
 """
@@ -23,15 +23,15 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from engine.counts import CountsCheck, check_counts
-from engine.genes import (
+from engine.reading.raw_counts import CountsCheck, check_counts
+from engine.reading.genes import (
     best_symbol_column,
     display_source,
     make_unique,
     set_display_names,
     symbol_candidates,
 )
-from engine.readers import (
+from engine.reading.formats import (
     SUPPORTED_FORMATS,
     UPLOAD_EXTENSIONS,
     Format,

@@ -12,9 +12,9 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .inference import heldout_elbo, latent_activity, posterior_predictive
-from .memory import check_dense_size
-from .params import COUNT_LIKELIHOODS
+from engine.model.inference import heldout_elbo, latent_activity, posterior_predictive
+from engine.memory import check_dense_size
+from engine.model.params import COUNT_LIKELIHOODS
 
 
 @dataclass(frozen=True)

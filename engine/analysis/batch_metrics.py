@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from engine.neighbors import exact_knn, representation
+from engine.analysis.neighbors import exact_knn, representation
 
 MAX_SILHOUETTE_CELLS = 5000
 _LISI_BISECTION_STEPS = 50
@@ -133,7 +133,7 @@ def batch_mixing(
 ) -> BatchMetrics:
     """Score how well ``obsm[rep]`` mixes ``obs[batch_key]`` and separates ``obs[label_key]``.
 
-    Compare the uncorrected PCA (:func:`engine.embedding.pca_uncorrected`, ``rep="X_pca"``) with
+    Compare the uncorrected PCA (:func:`engine.analysis.embedding.pca_uncorrected`, ``rep="X_pca"``) with
     the scVI latent (``rep="X_scVI"``) to see what the correction did. Silhouettes use a seeded
     subsample of at most 5,000 cells; entropy and iLISI use the exact kNN of every cell.
     """

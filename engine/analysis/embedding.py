@@ -1,6 +1,6 @@
 """Two-dimensional embeddings (UMAP, t-SNE) and the uncorrected PCA for the "before" view.
 
-:func:`umap` lays out the graph written by :func:`engine.neighbors.neighbors` with UMAP's
+:func:`umap` lays out the graph written by :func:`engine.analysis.neighbors.neighbors` with UMAP's
 stochastic gradient descent (McInnes et al. 2018), re-implemented here as one small numba kernel
 with an on-disk cache instead of calling umap-learn, because ``import umap`` alone compiles
 pynndescent's kernels for ~15 s and umap-learn's layout kernel for ~10 s more on first use.
@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from engine.neighbors import representation
+from engine.analysis.neighbors import representation
 
 _NEGATIVE_SAMPLE_RATE = 5
 _SPREAD = 1.0
@@ -27,7 +27,7 @@ _SPREAD = 1.0
 def _require_neighbors(adata: AnnData) -> dict:
     if "neighbors" not in adata.uns or "connectivities" not in adata.obsp:
         raise ValueError(
-            "no neighbour graph in adata: run neighbors first (engine.neighbors.neighbors)"
+            "no neighbour graph in adata: run neighbors first (engine.analysis.neighbors.neighbors)"
         )
     return adata.uns["neighbors"]
 
@@ -160,7 +160,7 @@ def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, 
     Parameters
     ----------
     adata
-        Must hold the graph from :func:`engine.neighbors.neighbors` (its ``use_rep`` gives the
+        Must hold the graph from :func:`engine.analysis.neighbors.neighbors` (its ``use_rep`` gives the
         PCA starting layout).
     min_dist
         Minimum distance between embedded points (umap-learn's meaning, spread 1).
@@ -176,7 +176,7 @@ def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, 
     if use_rep is None:
         raise ValueError(
             "uns['neighbors'] does not say which representation it was built from: "
-            "rerun engine.neighbors.neighbors(adata, use_rep=...)"
+            "rerun engine.analysis.neighbors.neighbors(adata, use_rep=...)"
         )
     start = pca_start(representation(adata, use_rep))
     n_epochs = default_umap_epochs(adata.n_obs) if n_epochs is None else n_epochs
@@ -224,7 +224,7 @@ def pca_uncorrected(
     else:
         raise ValueError(
             f"layer '{layer}' not found (layers: {', '.join(adata.layers.keys()) or 'none'}): "
-            "load the counts with engine.io, or pass layer='X'"
+            "load the counts with engine.reading.load, or pass layer='X'"
         )
     max_comps = min(adata.n_obs, adata.n_vars) - 1
     if not 1 <= n_comps <= max_comps:

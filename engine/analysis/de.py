@@ -60,7 +60,7 @@ import scipy.sparse as sp
 from engine.memory import check_dense_size
 
 if TYPE_CHECKING:
-    from engine.cache import Run
+    from engine.runs.records import Run
 
 Mode = Literal["vanilla", "change"]
 
@@ -205,7 +205,7 @@ def differential_expression(
     Parameters
     ----------
     run
-        A trained run (:func:`engine.fit.fit` or :func:`engine.cache.load_run`) on ``adata``'s genes.
+        A trained run (:func:`engine.runs.fit.fit` or :func:`engine.runs.storage.load_run`) on ``adata``'s genes.
     adata
         The cells, with raw counts in ``layers["counts"]`` (else ``X``) and the run's genes, in any
         order; the result follows the run's gene order.
@@ -235,7 +235,7 @@ def differential_expression(
         Seeds cell sampling, posterior draws and pairing: the same inputs give the same result.
     """
     # Imported here so that tables, CSV export and groups work without loading torch.
-    from engine.inference import normalized_expression, run_inputs
+    from engine.model.inference import normalized_expression, run_inputs
 
     mode = _check_mode(mode)
     delta = _check_delta(delta)

@@ -1,8 +1,12 @@
-"""Atlas Explorer: the one entry script. ``streamlit run app.py``.
+"""Atlas Explorer: the one entry script. ``streamlit run dashboard/app.py`` from the repository root.
 
 Sets up the page, initialises this session's state (loading the bundled sample on first visit) and
-routes to the pages with ``st.navigation``.
+routes to the pages in the top-level ``pages/`` folder with ``st.navigation``. It sits here, not
+beside ``pages/``, so that Streamlit's older multipage mode (which runs any ``pages/`` folder next
+to the entry script on its own, without this script) can never apply.
 """
+
+from pathlib import Path
 
 import streamlit as st
 
@@ -15,13 +19,14 @@ st.set_page_config(page_title="Atlas Explorer", page_icon=":material/scatter_plo
 start_warm_up()
 state = get_state()
 
+PAGES = Path(__file__).resolve().parents[1] / "pages"
 pages = [
-    st.Page("pages/data.py", title="Data", icon=":material/upload_file:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
-    st.Page("pages/differential_expression.py", title="Differential expression",
+    st.Page(PAGES / "data.py", title="Data", icon=":material/upload_file:", default=True),
+    st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
+    st.Page(PAGES / "explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page(PAGES / "differential_expression.py", title="Differential expression",
             icon=":material/compare_arrows:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
 ]
 # Navigation first, so the page list is in the sidebar while the sample loads on a first visit.
 page = st.navigation(pages)

@@ -1,6 +1,6 @@
 """One-pass CPU kernel of the sparse (zero-inflated) negative binomial log-likelihood and its gradients.
 
-:func:`engine.likelihoods.sparse_nb_log_likelihood` needs, per minibatch, the per-cell sum of
+:func:`engine.model.likelihoods.sparse_nb_log_likelihood` needs, per minibatch, the per-cell sum of
 ``log NB(x | mu, theta) + lgamma(x + 1)`` (or ZINB) with ``mu = library * softmax(logits)``, and the
 derivatives of that sum with respect to the logits, the log library, ``theta`` and the
 zero-inflation logits. Written as torch operations that is ~45 passes over a cells x genes matrix,
@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 __all__ = ["TABLE_COUNTS", "WORK_ROWS", "csr_indptr", "gamma_tables", "nb_rows"]
 
 _F = np.float32
-_EPS = _F(1e-8)  # theta + eps, as engine.likelihoods
+_EPS = _F(1e-8)  # theta + eps, as engine.model.likelihoods
 # Counts up to this are looked up in the per-gene tables (most single-cell counts are small).
 TABLE_COUNTS = 32
 # Rows of the scratch array each nb_rows call needs.

@@ -53,7 +53,7 @@ def leiden(adata: AnnData, *, resolution: float = 1.0, seed: int = 0) -> None:
     """
     if "connectivities" not in adata.obsp:
         raise ValueError(
-            "obsp['connectivities'] not found: run neighbors first (engine.neighbors.neighbors)"
+            "obsp['connectivities'] not found: run neighbors first (engine.analysis.neighbors.neighbors)"
         )
     labels = leiden_labels(adata.obsp["connectivities"], resolution=resolution, seed=seed)
     n_clusters = int(labels.max()) + 1

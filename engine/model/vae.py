@@ -13,9 +13,9 @@ A minibatch arrives as a :class:`Minibatch`: the non-zero counts of its cells (a
 matrix) plus a few per-cell constants. The count likelihoods are evaluated in two parts: the
 "every count is zero" value on the full cells x genes matrix (cheap, no lgamma), plus a correction
 on the non-zero entries only; for NB/ZINB both parts and their analytic gradients come from one
-fused function (:func:`engine.likelihoods.sparse_nb_log_likelihood`; on CPU a numba kernel that
+fused function (:func:`engine.model.likelihoods.sparse_nb_log_likelihood`; on CPU a numba kernel that
 does a cell per pass, on several threads). :meth:`VAE.reconstruction`
-returns exactly the per-cell sum of :mod:`engine.likelihoods` (tested), at a fraction of the cost.
+returns exactly the per-cell sum of :mod:`engine.model.likelihoods` (tested), at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from scipy.special import gammaln
 import torch.nn.functional as F
 from torch import nn
 
-from engine.likelihoods import log_normal, sparse_nb_log_likelihood
-from engine.params import DISPERSED_LIKELIHOODS, RunParams
+from engine.model.likelihoods import log_normal, sparse_nb_log_likelihood
+from engine.model.params import DISPERSED_LIKELIHOODS, RunParams
 
 __all__ = [
     "CellConstants",
@@ -415,7 +415,7 @@ class VAE(nn.Module):
     def reconstruction(self, mb: Minibatch, gen: GenerativeOutputs, *, threads: int | None = None) -> torch.Tensor:
         """``log p(x | z, l, s)`` per cell, summed over genes.
 
-        Equals the per-cell sum of the :mod:`engine.likelihoods` functions on the dense minibatch
+        Equals the per-cell sum of the :mod:`engine.model.likelihoods` functions on the dense minibatch
         (tested), computed as "all counts zero" on the full matrix plus a correction gathered at the
         non-zero counts, so lgamma/digamma and most of the work only touch the non-zeros; NB/ZINB
         in one fused pass with hand-written gradients (no autograd graph of ~20 ops per entry), on
@@ -428,7 +428,7 @@ class VAE(nn.Module):
             mean = torch.log1p(torch.exp(gen.log_rho) * GAUSSIAN_SCALE)
             return log_normal(observed, mean, gen.var).sum(-1)
         rows, cols, x = mb.nz_rows, mb.nz_cols, mb.nz_values
-        if lik in ("nb", "zinb"):  # one fused pass with analytic gradients (engine.likelihoods)
+        if lik in ("nb", "zinb"):  # one fused pass with analytic gradients (engine.model.likelihoods)
             zi = gen.zi_logits if lik == "zinb" else None
             total = sparse_nb_log_likelihood(
                 gen.logits, gen.library_log, gen.theta, zi, mb.nz_flat, rows, cols, x, threads=threads

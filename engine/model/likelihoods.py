@@ -156,7 +156,7 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
     plus a correction at the non-zeros; the gradients are analytic and computed in the same pass:
     autograd through the plain formula's ~20 element-wise ops per entry costs twice the forward and
     keeps every intermediate alive. On CPU in float32 (training) one numba kernel
-    (:mod:`engine.nb_kernel`) does all of it a cell at a time, on several threads; the ~45 torch
+    (:mod:`engine.model.nb_kernel`) does all of it a cell at a time, on several threads; the ~45 torch
     operations below serve CUDA and float64, and are the reference the kernel is tested against.
     """
 
@@ -261,7 +261,7 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
         )  # fmt: skip
 
 
-# The CPU kernel (engine.nb_kernel) splits a minibatch into row chunks of at least this many cells,
+# The CPU kernel (engine.model.nb_kernel) splits a minibatch into row chunks of at least this many cells,
 # run side by side (the kernel releases the GIL).
 _MIN_ROWS_PER_CHUNK = 16
 
@@ -279,8 +279,8 @@ def _kernel_applies(logits, library_log, theta, zi_logits, x) -> bool:
 
 
 def _kernel_forward(logits, library_log, theta, zi_logits, nz_rows, nz_cols, x, with_grads, with_theta_grad, threads):
-    """Value and derivatives from :func:`engine.nb_kernel.nb_rows`, the rows split over threads."""
-    from engine import nb_kernel  # numba loads (or compiles) the kernel on first use, not at import
+    """Value and derivatives from :func:`engine.model.nb_kernel.nb_rows`, the rows split over threads."""
+    from engine.model import nb_kernel  # numba loads (or compiles) the kernel on first use, not at import
 
     n, n_genes = logits.shape
     indptr = np.empty(n + 1, dtype=np.int64)

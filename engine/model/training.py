@@ -26,8 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from engine.model import VAE, CellConstants, Minibatch, iterate_minibatches
-from engine.params import RunParams
+from engine.model.vae import VAE, CellConstants, Minibatch, iterate_minibatches
+from engine.model.params import RunParams
 
 __all__ = [
     "EpochReport",
@@ -156,7 +156,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     device: str = "auto",
 ) -> TrainingResult:
-    """Train a :class:`~engine.model.VAE` on ``counts`` (cells x genes CSR, raw counts).
+    """Train a :class:`~engine.model.vae.VAE` on ``counts`` (cells x genes CSR, raw counts).
 
     ``batch_index`` holds each cell's batch code in ``range(n_batch)``. ``on_epoch`` is called after
     every epoch; ``should_stop`` is polled between minibatches and raises :class:`TrainingCancelled`.

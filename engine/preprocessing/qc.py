@@ -110,7 +110,7 @@ def filter_masks(adata: AnnData, thresholds: QCThresholds) -> tuple[np.ndarray, 
     if thresholds.min_cells == 0:
         return cells, np.ones(n_genes, dtype=bool)
     if "n_cells_by_counts" not in adata.var.columns:
-        raise ValueError("var lacks 'n_cells_by_counts': run engine.qc.calculate_qc_metrics(adata) first.")
+        raise ValueError("var lacks 'n_cells_by_counts': run engine.preprocessing.qc.calculate_qc_metrics(adata) first.")
     counts = _counts(adata)
     # Detections among kept cells = all detections minus those in removed cells; visiting only the
     # smaller of the two row sets keeps a live slider at a few ms on 12k cells.
@@ -322,7 +322,7 @@ def _batch_labels(adata: AnnData, batch_key: str | None) -> np.ndarray:
 def _counts(adata: AnnData) -> sparse.csr_matrix:
     if "counts" not in adata.layers:
         raise ValueError(
-            "layers['counts'] is missing. Load the data with engine.io.read_counts, which puts the raw "
+            "layers['counts'] is missing. Load the data with engine.reading.load.read_counts, which puts the raw "
             "counts there."
         )
     counts = adata.layers["counts"]
@@ -332,7 +332,7 @@ def _counts(adata: AnnData) -> sparse.csr_matrix:
 def _require_metrics(adata: AnnData) -> pd.DataFrame:
     missing = [m for m in _CELL_METRICS if m not in adata.obs.columns]
     if missing:
-        raise ValueError(f"obs lacks {missing}: run engine.qc.calculate_qc_metrics(adata) first.")
+        raise ValueError(f"obs lacks {missing}: run engine.preprocessing.qc.calculate_qc_metrics(adata) first.")
     return adata.obs
 
 

@@ -1,6 +1,6 @@
 """Questions asked of a trained run: latent coordinates, normalised expression, ELBO, samples.
 
-Every function takes the :class:`~engine.cache.Run` and an AnnData with the run's genes (same
+Every function takes the :class:`~engine.runs.records.Run` and an AnnData with the run's genes (same
 ``var_names``; the order may differ) and, for a run with a batch key, that ``obs`` column with labels
 seen in training. Counts come from ``layers["counts"]`` or ``X`` as in training. Random draws are
 seeded by ``seed``; results are numpy arrays of fixed shape.
@@ -15,9 +15,9 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from engine.cache import Run, counts_matrix
-from engine.model import GAUSSIAN_SCALE, VAE, Minibatch, iterate_minibatches
-from engine.training import evaluate
+from engine.runs.records import Run, counts_matrix
+from engine.model.vae import GAUSSIAN_SCALE, VAE, Minibatch, iterate_minibatches
+from engine.model.training import evaluate
 
 __all__ = [
     "ElboParts",

@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 import scipy.stats
 
-from engine.de import check_groups, display_names
+from engine.analysis.de import check_groups, display_names
 
 # Normalised total per cell before log1p (scanpy's normalize_total target_sum).
 TARGET_SUM = 1e4
@@ -25,7 +25,7 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
     """Wilcoxon rank-sum test of every gene, group 1 against group 2.
 
     ``group1``/``group2`` are boolean masks over the cells, as for
-    :func:`engine.de.differential_expression`; raw counts are read from ``layers["counts"]``, else
+    :func:`engine.analysis.de.differential_expression`; raw counts are read from ``layers["counts"]``, else
     ``X``.
 
     Returns one row per gene, index ``var_names`` (named ``"var_name"``), sorted by ``|score|``
@@ -36,7 +36,7 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
     mask1, mask2, _ = check_groups(adata, group1=group1, group2=group2)
     cells = np.flatnonzero(mask1 | mask2)
     in1 = mask1[cells]
-    # Raw counts as training reads them (engine.cache.counts_matrix, which needs torch).
+    # Raw counts as training reads them (engine.runs.records.counts_matrix, which needs torch).
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
     logn = _log_normalized(counts, cells)
 
@@ -80,7 +80,7 @@ class Concordance:
 
 
 def concordance(de_table: pd.DataFrame, wilcoxon_table: pd.DataFrame, *, top_n: int = 50) -> Concordance:
-    """How well a DE table (:meth:`engine.de.DEResult.table`) agrees with :func:`wilcoxon`.
+    """How well a DE table (:meth:`engine.analysis.de.DEResult.table`) agrees with :func:`wilcoxon`.
 
     Both tables are taken in their own row order (most to least differential) and matched on
     their index (``var_names``).

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TextIO, get_args
 
-from engine.params import Dispersion, Library, Likelihood, Prior, RunParams
+from engine.model.params import Dispersion, Library, Likelihood, Prior, RunParams
 
 __all__ = ["add_parser", "run"]
 
@@ -112,8 +112,8 @@ class Progress:
 def run(args: argparse.Namespace) -> int:
     """Run the ``train`` command; bad input raises ValueError (exit code 2)."""
     # torch and the reader are imported only when the command runs, not for --help
-    from engine.fit import fit
-    from engine.io import read_counts
+    from engine.runs.fit import fit
+    from engine.reading.load import read_counts
 
     params = params_from_args(args)
     if not args.out.parent.exists():

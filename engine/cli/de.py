@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from engine.de import Mode, groups_from_obs, write_de_csv
+from engine.analysis.de import Mode, groups_from_obs, write_de_csv
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import anndata as ad
 
     # The model stack (torch) is imported only when the command runs, not for --help.
-    from engine.cache import load_run
-    from engine.de import differential_expression
+    from engine.runs.storage import load_run
+    from engine.analysis.de import differential_expression
 
     within = parse_within(args.within)
     if not args.input.is_file():

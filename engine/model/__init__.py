@@ -1,0 +1,1 @@
+"""The scVI-style model: options, likelihoods, the VAE, its training and inference (all but ``params`` need torch)."""

@@ -1,0 +1,1 @@
+"""Quality control and gene selection on raw counts, before training."""

@@ -1,0 +1,1 @@
+"""Reading count files into AnnData: file formats, raw-count checks, gene names."""
