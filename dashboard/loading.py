@@ -17,6 +17,7 @@ import streamlit as st
 
 from engine.reading import load as eio
 from engine.preprocessing import qc as eqc
+from engine.preprocessing.hvg import highly_variable_genes
 
 from dashboard.state import AppState, Dataset
 
@@ -211,7 +212,7 @@ def apply_settings(state: AppState, thresholds: eqc.QCThresholds, n_top_genes: i
 def _filtered(key: str, thresholds: eqc.QCThresholds, n_top_genes: int, hvg_batch_key: str | None,
               _adata: ad.AnnData) -> ad.AnnData:
     filtered = eqc.apply_filters(_adata, thresholds)
-    eqc.highly_variable_genes(filtered, n_top_genes=n_top_genes, batch_key=hvg_batch_key)
+    highly_variable_genes(filtered, n_top_genes=n_top_genes, batch_key=hvg_batch_key)
     return filtered
 
 

@@ -15,6 +15,7 @@ from engine.runs import records as ecache
 from engine.runs import storage as estorage
 from engine.analysis import diagnostics as ediag
 from engine.preprocessing import qc as eqc
+from engine.preprocessing.hvg import highly_variable_genes
 from engine.model.params import RunParams
 
 from dashboard.jobs import JobBoard, TrainingJob
@@ -103,7 +104,7 @@ def _training_data(key: str, n_top_genes: int, _filtered: ad.AnnData) -> ad.AnnD
     if n_top_genes <= 0 or n_top_genes >= _filtered.n_vars:
         return _filtered.copy()
     adata = _filtered.copy()
-    eqc.highly_variable_genes(adata, n_top_genes=n_top_genes,
+    highly_variable_genes(adata, n_top_genes=n_top_genes,
                               batch_key=adata.uns.get("hvg", {}).get("batch_key"))
     return adata[:, adata.var["highly_variable"].to_numpy()].copy()
 

@@ -1,4 +1,4 @@
-"""Quality control on raw counts: per-cell and per-gene metrics, filters, highly variable genes.
+"""Quality control on raw counts: per-cell and per-gene metrics and filters.
 
 Metric names follow scanpy (``total_counts``, ``n_genes_by_counts``, ``pct_counts_mt`` ...), so an
 exported file reads the same in scanpy. Everything works on the sparse ``layers["counts"]``.
@@ -18,7 +18,6 @@ __all__ = [
     "apply_filters",
     "calculate_qc_metrics",
     "filter_masks",
-    "highly_variable_genes",
 ]
 
 _CELL_METRICS = ("total_counts", "n_genes_by_counts", "pct_counts_mt")
@@ -167,156 +166,6 @@ def apply_filters(adata: AnnData, thresholds: QCThresholds) -> AnnData:
     )
     filtered.uns["atlas_qc"] = record
     return filtered
-
-
-def highly_variable_genes(adata: AnnData, *, n_top_genes: int = 2000, batch_key: str | None = None) -> None:
-    """Flag highly variable genes with the Seurat v3 method (variance-stabilising transformation).
-
-    Per batch: fit log10 variance against log10 mean with a local quadratic regression (loess,
-    span 0.3), standardise the counts by the fitted standard deviation, clip at sqrt(n_cells) and
-    take the variance of the clipped values (``variances_norm``). Genes are then ordered by the
-    number of batches in which they are among the top ``n_top_genes``, ties broken by their median
-    rank over those batches (Seurat's SelectIntegrationFeatures; scanpy's ``seurat_v3_paper``
-    order, identical to ``seurat_v3`` without batches). Works on ``layers["counts"]``.
-
-    ``n_top_genes`` above the number of genes flags every gene.
-
-    Writes:
-        var: ``highly_variable`` (bool), ``highly_variable_rank`` (median rank, NaN when the gene
-        is in no batch's top list), ``highly_variable_nbatches``, ``variances_norm`` (mean over
-        batches); uns["hvg"] = {"flavor": "seurat_v3", "n_top_genes": <genes flagged>,
-        "batch_key": batch_key}.
-    """
-    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < 1:
-        raise ValueError(f"n_top_genes must be a whole number >= 1, got {n_top_genes!r}.")
-    counts = _counts(adata)
-    n_genes = adata.n_vars
-    n_top = int(min(n_top_genes, n_genes))
-    batches = _batch_labels(adata, batch_key)
-
-    norm_vars = np.vstack([_normalized_variance(counts[batches == b]) for b in pd.unique(batches)])
-    ranks = np.argsort(np.argsort(-norm_vars, axis=1, kind="stable"), axis=1).astype(np.float64)
-    in_top = ranks < n_top
-    nbatches = in_top.sum(axis=0)
-    # Median over the batches where the gene is in the top list; NaN where it is in none.
-    median_rank = np.ma.median(np.ma.masked_array(ranks, mask=~in_top), axis=0).filled(np.nan)
-    order = np.lexsort((median_rank, -nbatches))  # NaN ranks sort last
-    highly_variable = np.zeros(n_genes, dtype=bool)
-    highly_variable[order[:n_top]] = True
-
-    adata.var["highly_variable"] = highly_variable
-    adata.var["highly_variable_rank"] = median_rank
-    adata.var["highly_variable_nbatches"] = nbatches.astype(np.int64)
-    adata.var["variances_norm"] = norm_vars.mean(axis=0)
-    adata.uns["hvg"] = {"flavor": "seurat_v3", "n_top_genes": n_top, "batch_key": batch_key}
-
-
-def _normalized_variance(counts: sparse.csr_matrix) -> np.ndarray:
-    """Seurat v3's variance of counts standardised by the loess-fitted mean-variance trend."""
-    n_obs = counts.shape[0]
-    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
-    sq_mean = np.asarray(counts.multiply(counts).mean(axis=0), dtype=np.float64).ravel()
-    var = (sq_mean - mean**2) * n_obs / (n_obs - 1)
-    varies = var > 0
-    fitted_log_var = np.zeros_like(mean)
-    fitted_log_var[varies] = _loess(np.log10(mean[varies]), np.log10(var[varies]), span=0.3)
-    reg_std = np.sqrt(10**fitted_log_var)
-    # Clip each count at mean + sqrt(n) * sd, as Seurat does, so single outlier cells cannot dominate.
-    clip = reg_std * np.sqrt(n_obs) + mean
-    csc = counts.tocsc()
-    gene_of_entry = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
-    clipped = np.minimum(csc.data.astype(np.float64), clip[gene_of_entry])
-    total = np.bincount(gene_of_entry, weights=clipped, minlength=csc.shape[1])
-    total_sq = np.bincount(gene_of_entry, weights=clipped**2, minlength=csc.shape[1])
-    # Sum over all cells of (x - mean)^2, zeros included, expanded so only stored values are visited.
-    ss = n_obs * mean**2 + total_sq - 2 * total * mean
-    return ss / ((n_obs - 1) * reg_std**2)
-
-
-def _loess(x: np.ndarray, y: np.ndarray, *, span: float, cell: float = 0.2) -> np.ndarray:
-    """Fitted values of a 1-D loess: local quadratic, tricube weights, no robustness iterations.
-
-    Mirrors Cleveland's loess (as in R and scikit-misc) with its default "interpolate" surface:
-    each local fit uses the ``span`` fraction of points nearest in x; fits (value and slope) are
-    made at the vertices of a k-d tree whose cells hold at most ``span * cell * n`` points, and
-    joined by cubic Hermite interpolation. That keeps it fast on tens of thousands of genes.
-    """
-    n = x.size
-    if n == 0:
-        return np.zeros(0)
-    xs = np.sort(x)
-    order = np.argsort(x, kind="stable")
-    ys = y[order]
-    q = min(n, max(int(np.floor(n * span)), 3))  # a quadratic needs at least 3 points
-    vertices = _kd_vertices(xs, max(int(np.floor(n * span * cell)), 1))
-    value, slope = _local_quadratic(xs, ys, vertices, q)
-    return _hermite(x, vertices, value, slope)
-
-
-def _kd_vertices(xs: np.ndarray, leaf_size: int) -> np.ndarray:
-    """Cell bounds of a 1-D k-d tree over sorted ``xs``: split at medians until cells are small."""
-    margin = 0.005 * max(xs[-1] - xs[0], 1e-10 * max(abs(xs[0]), abs(xs[-1])) + 1e-30)
-    vertices = [xs[0] - margin, xs[-1] + margin]
-    stack = [(0, xs.size - 1)]
-    while stack:
-        lo, hi = stack.pop()
-        if hi - lo + 1 <= leaf_size or xs[lo] == xs[hi]:
-            continue
-        mid = (lo + hi) // 2
-        split = (xs[mid] + xs[mid + 1]) / 2
-        vertices.append(split)
-        stack += [(lo, mid), (mid + 1, hi)]
-    return np.unique(vertices)
-
-
-def _local_quadratic(
-    xs: np.ndarray, ys: np.ndarray, points: np.ndarray, q: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Value and slope at ``points`` of tricube-weighted quadratic fits to the q nearest neighbours."""
-    n = xs.size
-    # Window start minimising the distance to the farthest of q neighbours: the first s with
-    # xs[s] + xs[s + q] >= 2v (moving the window right stops paying off there).
-    starts = np.searchsorted(xs[: n - q] + xs[q:], 2 * points, side="left")
-    idx = starts[:, None] + np.arange(q)
-    dx = xs[idx] - points[:, None]
-    h = np.abs(dx).max(axis=1, keepdims=True)
-    h = np.where(h > 0, h * 1.0001, 1.0)  # keep the farthest neighbour's weight just above zero
-    u = dx / h
-    w = (1 - np.abs(u) ** 3) ** 3
-    powers = [w * u**k for k in range(5)]
-    sums = [p.sum(axis=1) for p in powers]
-    gram = np.stack([np.stack(sums[i : i + 3], axis=-1) for i in range(3)], axis=-2)
-    rhs = np.stack([(powers[k] * ys[idx]).sum(axis=1) for k in range(3)], axis=-1)
-    coef = (np.linalg.pinv(gram, rcond=1e-10) @ rhs[..., None])[..., 0]
-    return coef[:, 0], coef[:, 1] / h[:, 0]  # u = (x - v) / h, so d/dx = b1 / h
-
-
-def _hermite(x: np.ndarray, knots: np.ndarray, value: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    """Cubic Hermite interpolation through ``(knots, value)`` with the given slopes."""
-    i = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, knots.size - 2)
-    width = knots[i + 1] - knots[i]
-    t = (x - knots[i]) / width
-    h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
-    h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
-    return h00 * value[i] + h10 * width * slope[i] + h01 * value[i + 1] + h11 * width * slope[i + 1]
-
-
-def _batch_labels(adata: AnnData, batch_key: str | None) -> np.ndarray:
-    if batch_key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64)
-    if batch_key not in adata.obs.columns:
-        raise ValueError(
-            f"batch_key {batch_key!r} is not a column of obs. Choose one of {list(adata.obs.columns)} or None."
-        )
-    labels = adata.obs[batch_key].astype(str).to_numpy()
-    sizes = pd.Series(labels).value_counts()
-    small = sizes[sizes < 2]
-    if len(small):
-        raise ValueError(
-            f"Batch {small.index[0]!r} of {batch_key!r} has fewer than 2 cells, so its gene variances "
-            "are undefined. Filter those cells out or pick another batch_key."
-        )
-    return labels
 
 
 def _counts(adata: AnnData) -> sparse.csr_matrix:
