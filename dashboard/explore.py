@@ -31,6 +31,7 @@ from engine.analysis import neighbors as enb
 
 from dashboard.explore_figures import Colouring
 from dashboard.state import AppState
+from dashboard.active_run import active_run
 from dashboard.training import load_run
 
 Embedding = Literal["UMAP", "t-SNE"]
@@ -55,38 +56,6 @@ def _check(value: str, allowed: type, what: str) -> None:
     options = get_args(allowed)
     if value not in options:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, options))}; got {value!r}")
-
-
-# ---- The active run ---------------------------------------------------------------------------
-def active_run(state: AppState):
-    """The active run, or None. Raises ValueError when it does not match the filtered cells."""
-    if state.active_run_id is None or state.filtered is None:
-        return None
-    run = load_run(state.active_run_id)
-    if run is None:
-        return None
-    if run.latent.shape[0] != state.filtered.n_obs:
-        raise ValueError(
-            f"The active run was trained on {run.latent.shape[0]:,} cells but the filtered data has "
-            f"{state.filtered.n_obs:,}: the QC settings changed since. Train again or pick a run "
-            f"trained on these cells on the Train page.")
-    return run
-
-
-def require_active_run(state: AppState):
-    """The active run for a page that needs one; otherwise say what to do and stop the page."""
-    if state.filtered is None or state.dataset is None:
-        st.info("Load a dataset on the Data page first.", icon=":material/info:")
-        st.stop()
-    try:
-        run = active_run(state)
-    except ValueError as err:
-        st.warning(str(err), icon=":material/warning:")
-        st.stop()
-    if run is None:
-        st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
-        st.stop()
-    return run
 
 
 def _latent_adata(latent: np.ndarray, n_obs: int) -> ad.AnnData:

@@ -115,19 +115,20 @@ def latent_activity(activity: dict[str, np.ndarray]) -> go.Figure:
     return fig
 
 
-def ppc_scatter(observed: np.ndarray, sampled: dict[str, np.ndarray], *, title: str, axis: str,
-                log: bool = False, gene_names: np.ndarray | None = None) -> go.Figure:
+def ppc_scatter(points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, title: str, axis: str,
+                log: bool = False) -> go.Figure:
     """Per-gene statistic observed (x) against the same statistic on data sampled from each model
-    (y). Points on the diagonal mean the model reproduces the data."""
+    (y). ``points`` maps a run's label to its (observed, sampled, gene names), each run on its own
+    genes. Points on the diagonal mean the model reproduces the data."""
     fig = go.Figure()
-    finite = np.asarray(observed, float)
-    lo, hi = float(np.nanmin(finite)), float(np.nanmax(finite))
-    for label, values in sampled.items():
+    lo, hi = np.inf, -np.inf
+    for label, (observed, sampled, genes) in points.items():
         fig.add_trace(go.Scattergl(
-            x=observed, y=values, mode="markers", name=label, marker=dict(size=4, opacity=0.6),
-            text=gene_names, hovertemplate="%{text}<br>observed %{x:.3g}<br>model %{y:.3g}<extra>"
+            x=observed, y=sampled, mode="markers", name=label, marker=dict(size=4, opacity=0.6),
+            text=genes, hovertemplate="%{text}<br>observed %{x:.3g}<br>model %{y:.3g}<extra>"
             + label + "</extra>"))
-        lo, hi = min(lo, float(np.nanmin(values))), max(hi, float(np.nanmax(values)))
+        both = np.concatenate([np.asarray(observed, float), np.asarray(sampled, float)])
+        lo, hi = min(lo, float(np.nanmin(both))), max(hi, float(np.nanmax(both)))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="observed = model",
                              line=dict(color="#888", dash="dash")))
     kind = "log" if log else "linear"

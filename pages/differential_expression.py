@@ -12,6 +12,7 @@ from dashboard.de_figures import (
     gene_violins,
     volcano,
 )
+from dashboard.active_run import require_active_run
 from dashboard.state import get_state
 from engine.analysis.de import FEW_CELLS, MIN_CELLS
 from engine.analysis.wilcoxon import concordance
@@ -39,7 +40,7 @@ st.title("Differential expression")
 st.caption("Compare two groups of cells with the model's Bayesian differential expression: "
            "posterior fold changes, a volcano plot and a gene table.")
 
-run = explore.require_active_run(state)
+run = require_active_run(state)
 
 with st.spinner("Clustering the cells (once per run and resolution)..."):
     labels = dede.label_columns(state, run)

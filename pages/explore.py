@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import explore as ex
 from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
+from dashboard.active_run import require_active_run
 from dashboard.state import get_state
 
 state = get_state()
@@ -14,7 +15,7 @@ st.title("Explore")
 st.caption("The cells in the trained model's latent space: clusters, annotations and genes, and "
            "groups of cells drawn with the lasso for the Differential expression page.")
 
-run = ex.require_active_run(state)
+run = require_active_run(state)
 
 filtered = state.filtered
 if ex.sync_cluster_names(state):

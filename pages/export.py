@@ -6,6 +6,7 @@ from dashboard import de as dede
 from dashboard import explore
 from dashboard import export as dexport
 from dashboard.de_figures import concordance_scatter, gene_violins, volcano
+from dashboard.active_run import require_active_run
 from dashboard.state import get_state
 
 state = get_state()
@@ -13,7 +14,7 @@ st.title("Export")
 st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
            "any spreadsheet, the model with `engine.runs.storage.load_run`.")
 
-run = explore.require_active_run(state)
+run = require_active_run(state)
 stem = f"atlas_{run.run_id[:10]}"
 
 # ---- The annotated dataset ------------------------------------------------------------------------

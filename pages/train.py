@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import training
-from dashboard.figures import elbo_curve, latent_activity, ppc_scatter
+from dashboard import run_comparison, training
+from dashboard.figures import elbo_curve
 from dashboard.state import get_state
-from dashboard.train_form import LIKELIHOOD_HELP, TrainForm, history_frame, run_label, runs_table
+from dashboard.train_form import LIKELIHOOD_HELP, TrainForm, history_frame, runs_table
 
 state = get_state()
 st.title("Train")
@@ -125,38 +125,5 @@ with st.container(border=True):
             st.caption(f"Active run: {state.active_run_id[:10]}")
 
 # ---- Diagnostics ------------------------------------------------------------------------------
-if len(runs) >= 1:
-    with st.container(border=True):
-        st.subheader("Compare runs")
-        st.caption("Held-out fit, use of the latent space, and posterior predictive checks: data "
-                   "sampled from each model against the observed counts, gene by gene.")
-        labels = {r.run_id: run_label(r) for r in runs}
-        default = [r.run_id for r in runs[:2]]
-        selected = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
-        if selected and st.button("Compute diagnostics"):
-            with st.spinner("Sampling from each model..."):
-                state.diagnostics = {rid: training.diagnostics(rid, filtered, state.filtered_key)
-                                     for rid in selected}
-        diag = {rid: d for rid, d in (state.diagnostics or {}).items() if rid in labels}
-        if diag:
-            st.dataframe(pd.DataFrame([
-                {"run": labels[rid], "held-out ELBO": d.elbo, "reconstruction": d.reconstruction,
-                 "KL": d.kl, "active dims (var > 0.01)": int((d.activity > 0.01).sum())}
-                for rid, d in diag.items()]), hide_index=True, width="stretch")
-            st.plotly_chart(latent_activity({labels[r]: d.activity for r, d in diag.items()}),
-                            width="stretch")
-            counted = {rid: d for rid, d in diag.items() if d.check is not None}
-            if counted:
-                first = next(iter(counted.values())).check
-                p1, p2 = st.columns(2)
-                p1.plotly_chart(ppc_scatter(
-                    first.observed_zero_fraction,
-                    {labels[r]: d.check.sampled_zero_fraction for r, d in counted.items()},
-                    title="Fraction of zeros per gene", axis="fraction of zeros",
-                    gene_names=first.genes), width="stretch")
-                p2.plotly_chart(ppc_scatter(
-                    first.observed_variance / first.observed_mean.clip(1e-8),
-                    {labels[r]: d.check.sampled_variance / d.check.sampled_mean.clip(1e-8)
-                     for r, d in counted.items()},
-                    title="Variance / mean per gene", axis="variance / mean", log=True,
-                    gene_names=first.genes), width="stretch")
+if runs:
+    run_comparison.panel(state, runs, filtered)

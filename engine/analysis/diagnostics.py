@@ -10,16 +10,20 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
-import scipy.sparse as sp
 
-from engine.model.inference import heldout_elbo, latent_activity, posterior_predictive
+from engine.analysis.de import display_names
+from engine.model.inference import heldout_elbo, latent_activity, posterior_predictive, run_inputs
 from engine.memory import check_dense_size
 from engine.model.params import COUNT_LIKELIHOODS
 
 
 @dataclass(frozen=True)
 class PredictiveCheck:
-    """Per-gene statistics of observed counts and of counts sampled from the model, same cells."""
+    """Per-gene statistics of observed counts and of counts sampled from the model, same cells.
+
+    Arrays follow the run's genes in the run's order (``genes`` holds their display names): runs
+    trained on different gene sets have checks of different lengths.
+    """
 
     genes: np.ndarray
     observed_zero_fraction: np.ndarray
@@ -50,11 +54,10 @@ def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
     check_dense_size(len(idx), len(run.var_names), n_matrices=4,
                      what="The posterior predictive check",
                      advice="check fewer cells (n_cells) or train on fewer genes")
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    observed = counts[idx]
-    observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
+    counts, _ = run_inputs(run, adata)  # the run's genes, in the run's order, as the samples are
+    observed = counts[idx].toarray()
     sampled = posterior_predictive(run, adata, indices=idx, n_samples=1, seed=seed)[0]
-    names = adata.var["display_name"] if "display_name" in adata.var else adata.var_names
+    names = display_names(adata)[adata.var_names.get_indexer(run.var_names)]
     return PredictiveCheck(
         genes=np.asarray(names, dtype=str),
         observed_zero_fraction=(observed == 0).mean(axis=0),
