@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
-from engine.analysis.clustering import leiden
+from engine.analysis.clustering import leiden, leiden_labels
 from engine.analysis.embedding import pca_uncorrected, tsne, umap
 from engine.analysis.neighbors import exact_knn, neighbors
 
@@ -114,7 +114,7 @@ def test_leiden_recovers_cell_types(kang_graph):
     # measured ARI 0.60-0.63 at resolutions 0.3-1.0 (8 annotated types, some split by state)
     assert adjusted_rand_score(adata.obs["cell_type"], labels) > 0.5
     n = adata.uns["leiden"]["n_clusters"]
-    assert adata.uns["leiden"] == {"resolution": 0.5, "n_clusters": n, "seed": 0}
+    assert adata.uns["leiden"] == {"resolution": 0.5, "n_clusters": n, "seed": 0, "flavor": "igraph"}
     assert list(labels.cat.categories) == [str(i) for i in range(n)]
     sizes = labels.value_counts().reindex(labels.cat.categories).to_numpy()
     assert (np.diff(sizes) <= 0).all()  # "0" is the largest
@@ -127,6 +127,37 @@ def test_leiden_deterministic_for_a_seed(kang_graph):
     leiden(a, seed=3)
     leiden(b, seed=3)
     assert (a.obs["leiden"] == b.obs["leiden"]).all()
+
+
+def test_leiden_is_deterministic_when_sessions_cluster_at_once(kang_graph, monkeypatch):
+    """igraph's random generator is process-wide: concurrent calls must not draw from each other's."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import igraph
+
+    graph = kang_graph.obsp["connectivities"]
+    alone = {seed: leiden_labels(graph, seed=seed, resolution=1.0) for seed in (1, 2)}
+    real = igraph.Graph.community_leiden
+
+    def slow_start(self, *args, **kwargs):  # widen the window between seeding and drawing
+        time.sleep(0.05)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(igraph.Graph, "community_leiden", slow_start)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [(seed, pool.submit(leiden_labels, graph, seed=seed, resolution=1.0)) for seed in (1, 2) * 4]
+        for seed, future in futures:
+            np.testing.assert_array_equal(future.result(), alone[seed])
+
+
+def test_leiden_with_leidenalg_recovers_cell_types(kang_graph):
+    adata = kang_graph.copy()
+    leiden(adata, resolution=0.5, seed=0, flavor="leidenalg")
+    assert adjusted_rand_score(adata.obs["cell_type"], adata.obs["leiden"]) > 0.5
+    assert adata.uns["leiden"]["flavor"] == "leidenalg"
+    with pytest.raises(ValueError, match="flavor must be one of 'igraph', 'leidenalg'"):
+        leiden(adata, flavor="louvain")
 
 
 def _neighbourhood_cell_type_accuracy(x, labels) -> float:

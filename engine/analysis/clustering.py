@@ -2,40 +2,59 @@
 
 from __future__ import annotations
 
+import random
+import threading
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+Flavor = Literal["igraph", "leidenalg"]
 
-def leiden_labels(connectivities: sp.spmatrix, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+# igraph's Leiden draws from igraph's one process-wide random generator, which can only be swapped,
+# not passed: the swap and the clustering happen under this lock, so two sessions clustering at
+# once cannot draw from each other's generator (a lock holds no data).
+_IGRAPH_RNG_LOCK = threading.Lock()
+
+
+def leiden_labels(
+    connectivities: sp.spmatrix, *, resolution: float = 1.0, seed: int = 0, flavor: Flavor = "igraph"
+) -> np.ndarray:
     """Leiden communities of a symmetric weighted graph, numbered 0, 1, ... by decreasing size.
 
-    Uses igraph's C implementation of Leiden (modularity with a resolution parameter) with two
-    refinement iterations, scanpy's ``flavor="igraph"`` defaults: ~0.3 s on 12k cells, where
-    leidenalg's RBConfigurationVertexPartition took 5-8 s for the same two iterations and igraph
-    run to convergence 2-5 s (BENCHMARKS.md). That is what lets the resolution slider re-cluster
-    at once.
+    ``flavor="igraph"`` (default): igraph's C implementation of Leiden (modularity with a resolution
+    parameter) with two refinement iterations, scanpy's ``flavor="igraph"`` defaults: ~0.3 s on 12k
+    cells, which lets the resolution slider re-cluster at once. ``flavor="leidenalg"``: the
+    leidenalg package (scanpy's older default), run until no move improves the partition, with the
+    seed passed to it directly; 5-8 s on 12k cells (BENCHMARKS.md), for a result to publish.
     """
     import igraph as ig
 
     if resolution <= 0:
         raise ValueError(f"resolution={resolution} must be positive (1.0 is the usual start)")
+    if flavor not in get_args(Flavor):
+        raise ValueError(f"flavor must be one of {', '.join(map(repr, get_args(Flavor)))}, got {flavor!r}")
     upper = sp.triu(sp.csr_matrix(connectivities), k=1).tocoo()
     graph = ig.Graph(n=connectivities.shape[0], edges=np.column_stack([upper.row, upper.col]))
-    # igraph's Leiden draws from igraph's global RNG: seed it with a private generator per call.
-    import random
+    if flavor == "leidenalg":
+        import leidenalg
 
-    ig.set_random_number_generator(random.Random(seed))
-    try:
-        partition = graph.community_leiden(
-            objective_function="modularity",
-            weights=upper.data,
-            resolution=resolution,
-            n_iterations=2,
+        partition = leidenalg.find_partition(
+            graph, leidenalg.RBConfigurationVertexPartition, weights=upper.data,
+            resolution_parameter=resolution, n_iterations=-1, seed=seed,
         )
-    finally:
-        ig.set_random_number_generator(random)
+    else:
+        with _IGRAPH_RNG_LOCK:
+            ig.set_random_number_generator(random.Random(seed))
+            try:
+                partition = graph.community_leiden(
+                    objective_function="modularity", weights=upper.data, resolution=resolution,
+                    n_iterations=2,
+                )
+            finally:
+                ig.set_random_number_generator(random)
     membership = np.asarray(partition.membership)
     sizes = np.bincount(membership)
     # Rank communities by size, ties broken by first appearance, so labels are stable.
@@ -45,17 +64,18 @@ def leiden_labels(connectivities: sp.spmatrix, *, resolution: float = 1.0, seed:
     return rank[membership]
 
 
-def leiden(adata: AnnData, *, resolution: float = 1.0, seed: int = 0) -> None:
-    """Leiden clusters of ``obsp["connectivities"]`` into ``obs["leiden"]``.
+def leiden(adata: AnnData, *, resolution: float = 1.0, seed: int = 0, flavor: Flavor = "igraph") -> None:
+    """Leiden clusters of ``obsp["connectivities"]`` into ``obs["leiden"]`` (``flavor``: see
+    :func:`leiden_labels`).
 
     Writes ``obs["leiden"]`` (categorical, labels "0", "1", ... with "0" the largest cluster) and
-    ``uns["leiden"] = {"resolution", "n_clusters", "seed"}``.
+    ``uns["leiden"] = {"resolution", "n_clusters", "seed", "flavor"}``.
     """
     if "connectivities" not in adata.obsp:
         raise ValueError(
             "obsp['connectivities'] not found: run neighbors first (engine.analysis.neighbors.neighbors)"
         )
-    labels = leiden_labels(adata.obsp["connectivities"], resolution=resolution, seed=seed)
+    labels = leiden_labels(adata.obsp["connectivities"], resolution=resolution, seed=seed, flavor=flavor)
     n_clusters = int(labels.max()) + 1
     names = [str(i) for i in range(n_clusters)]
     adata.obs["leiden"] = pd.Categorical.from_codes(labels, categories=names)
@@ -63,4 +83,5 @@ def leiden(adata: AnnData, *, resolution: float = 1.0, seed: int = 0) -> None:
         "resolution": float(resolution),
         "n_clusters": n_clusters,
         "seed": int(seed),
+        "flavor": flavor,
     }
