@@ -11,11 +11,12 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.loading import read_sample, use_dataset
-from dashboard.startup import start_warm_up
+from dashboard.startup import configure_logging, start_warm_up
 from dashboard.state import get_state
 
 st.set_page_config(page_title="Atlas Explorer", page_icon=":material/scatter_plot:", layout="wide")
 
+configure_logging()
 start_warm_up()
 state = get_state()
 

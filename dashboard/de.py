@@ -8,6 +8,7 @@ of the key: :meth:`engine.analysis.de.DEResult.table` re-thresholds a stored res
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import anndata as ad
@@ -21,6 +22,8 @@ from engine.analysis import wilcoxon as ewilcoxon
 from dashboard import explore
 from dashboard.state import AppState
 from dashboard.training import load_run
+
+logger = logging.getLogger(__name__)
 
 # Pseudo-columns offered next to the obs annotations.
 CLUSTERS = "Leiden clusters"

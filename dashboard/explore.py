@@ -14,6 +14,7 @@ and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -33,6 +34,8 @@ from dashboard.explore_figures import Colouring
 from dashboard.state import AppState
 from dashboard.active_run import active_run
 from dashboard.training import load_run
+
+logger = logging.getLogger(__name__)
 
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]

@@ -8,8 +8,10 @@ Streamlit script, so pages stay responsive; the job board itself is held by ``st
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,8 @@ from engine.model.params import RunParams
 from engine.model.training import EpochReport, TrainingCancelled
 
 JobStatus = Literal["running", "finished", "failed", "cancelled"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,11 +40,13 @@ class TrainingJob:
     n_cells: int
     started: float = field(default_factory=time.time)
     status: JobStatus = "running"
-    error: str | None = None
+    error: str | None = None  # one line for the page
+    traceback: str | None = None  # the whole traceback of a failure, for the log and for bug reports
     finished: float | None = None
     history: list[EpochReport] = field(default_factory=list)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _worker: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def n_epochs(self) -> int:
@@ -95,6 +101,7 @@ class JobBoard:
         # fit writes obsm/uns into the AnnData it gets: give it its own copy.
         worker = threading.Thread(target=self._train, args=(job, adata.copy()),
                                   name=f"train-{rid[:12]}", daemon=True)
+        job._worker = worker
         worker.start()
         return job
 
@@ -116,6 +123,8 @@ class JobBoard:
         return [r for r in interrupted_runs(self.cache_dir) if data_hash is None or r.data_hash == data_hash]
 
     def _train(self, job: TrainingJob, adata: ad.AnnData) -> None:
+        logger.info("training run %s started: %s cells x %s genes, %s, batch key %s", job.run_id,
+                    f"{adata.n_obs:,}", f"{adata.n_vars:,}", job.params.likelihood, job.batch_key)
         try:
             fit(adata, params=job.params, batch_key=job.batch_key, cache_dir=self.cache_dir,
                 on_epoch=job.history.append, should_stop=job._cancel.is_set)
@@ -124,7 +133,11 @@ class JobBoard:
             job.status = "cancelled"
         except Exception as err:  # noqa: BLE001 - any failure is shown on the page, never raised
             job.error = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            job.traceback = traceback.format_exc()
             job.status = "failed"
+            logger.exception("training run %s failed", job.run_id)
         finally:
             job.finished = time.time()
             job._done.set()
+        logger.info("training run %s %s after %.1f s, %d epochs", job.run_id, job.status, job.elapsed,
+                    job.epochs_done)

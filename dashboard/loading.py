@@ -6,6 +6,7 @@ bad upload never replaces the dataset already loaded.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import os
 import tempfile
@@ -20,6 +21,8 @@ from engine.preprocessing import qc as eqc
 from engine.preprocessing.hvg import highly_variable_genes
 
 from dashboard.state import AppState, Dataset
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO / "sample_data" / "kang_pbmc_ctrl.h5ad"

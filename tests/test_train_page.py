@@ -147,14 +147,23 @@ def test_two_sessions_share_one_job(tmp_path, kang_small_path):
     assert len(list_runs(tmp_path)) == 1
 
 
-def test_training_error_is_shown_and_page_survives(tmp_path):
+def test_training_error_is_shown_and_page_survives(tmp_path, caplog):
     # non-integer "counts" make count likelihoods refuse: the job fails with the engine's message
     rng = np.random.default_rng(0)
     adata = ad.AnnData(sp.csr_matrix(rng.random((80, 20)).astype(np.float32)))
     board = JobBoard(tmp_path)
-    job = board.start(adata, params=RunParams(max_epochs=2), batch_key=None)
-    assert job.wait(timeout=60)
+    with caplog.at_level("INFO", logger="dashboard.jobs"):
+        job = board.start(adata, params=RunParams(max_epochs=2), batch_key=None)
+        assert job.wait(timeout=60)
+        job._worker.join(10)  # the last log line is written after the job is marked done
     assert job.status == "failed" and job.error and "Traceback" not in job.error
+    # the traceback is kept, and the server log has the start, the failure with its traceback, the end
+    assert job.traceback.startswith("Traceback") and "ValueError" in job.traceback
+    messages = [r.getMessage() for r in caplog.records if r.name == "dashboard.jobs"]
+    assert any("started: 80 cells x 20 genes" in m for m in messages), messages
+    failure = next(r for r in caplog.records if r.name == "dashboard.jobs" and "failed" in r.getMessage())
+    assert failure.exc_info is not None and failure.levelname == "ERROR"
+    assert any(m.endswith("failed after " + m.split("failed after ")[-1]) and "epochs" in m for m in messages)
 
 
 def test_form_params_validation_lists_allowed_values():

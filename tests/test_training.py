@@ -144,3 +144,31 @@ def test_run_params_validation_and_round_trip():
     assert RunParams().resolved_kl_warmup_epochs(30) == 15
     assert RunParams().resolved_kl_warmup_epochs(1000) == 400
     assert RunParams(kl_warmup_epochs=400).resolved_kl_warmup_epochs(30) == 400
+
+
+def test_step_threads_leave_other_threads_alone():
+    """Training sets torch's threads to 1 on its own thread; another thread (another session's job,
+    the server) must keep its setting, which holds for ATen's OpenMP backend (per-thread setting)."""
+    import threading
+
+    from engine.model.training import _step_threads, _threads_are_per_thread
+
+    if not _threads_are_per_thread():
+        pytest.skip("this torch build's thread setting is process-wide; training leaves it alone")
+    torch.set_num_threads(2)
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def job():
+        with _step_threads(torch.device("cpu")) as kernel_threads:
+            seen["job"], seen["kernel"] = torch.get_num_threads(), kernel_threads
+            inside.set()
+            release.wait(10)
+        seen["job_after"] = torch.get_num_threads()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    assert inside.wait(10)
+    seen["other"] = torch.get_num_threads()
+    release.set()
+    worker.join()
+    assert seen == {"job": 1, "kernel": 2, "other": 2, "job_after": 2}

@@ -13,6 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from engine.analysis.neighbors import exact_knn, representation
+from engine.logs import timed
 
 MAX_SILHOUETTE_CELLS = 5000
 _LISI_BISECTION_STEPS = 50
@@ -122,6 +123,7 @@ def _silhouette_mixing(x: np.ndarray, batches: np.ndarray, groups: np.ndarray) -
     return float(np.mean(per_group))
 
 
+@timed
 def batch_mixing(
     adata: AnnData,
     *,

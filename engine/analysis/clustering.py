@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from engine.logs import timed
+
 
 Flavor = Literal["igraph", "leidenalg"]
 
@@ -19,6 +21,7 @@ Flavor = Literal["igraph", "leidenalg"]
 _IGRAPH_RNG_LOCK = threading.Lock()
 
 
+@timed
 def leiden_labels(
     connectivities: sp.spmatrix, *, resolution: float = 1.0, seed: int = 0, flavor: Flavor = "igraph"
 ) -> np.ndarray:

@@ -58,6 +58,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from engine.memory import check_dense_size
+from engine.logs import timed
 
 if TYPE_CHECKING:
     from engine.runs.records import Run
@@ -97,6 +98,7 @@ TABLE_COLUMNS = (
     "frac_expr_1",
     "frac_expr_2",
 )
+
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,6 +186,7 @@ class DEResult:
         }
 
 
+@timed
 def differential_expression(
     run: Run,
     adata: ad.AnnData,

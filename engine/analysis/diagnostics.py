@@ -15,6 +15,7 @@ from engine.analysis.de import display_names
 from engine.model.inference import heldout_elbo, latent_activity, posterior_predictive, run_inputs
 from engine.memory import check_dense_size
 from engine.model.params import COUNT_LIKELIHOODS
+from engine.logs import timed
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
     )
 
 
+@timed
 def diagnose(run, adata: ad.AnnData, *, n_cells: int = 1000, seed: int = 0) -> RunDiagnostics:
     """Held-out ELBO parts (on the run's validation cells when known), latent activity and, for
     count likelihoods, a posterior predictive check."""

@@ -19,6 +19,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from engine.analysis.neighbors import representation
+from engine.logs import timed
+
 
 _NEGATIVE_SAMPLE_RATE = 5
 _SPREAD = 1.0
@@ -154,6 +156,7 @@ def umap_layout(
     )
 
 
+@timed
 def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, seed: int = 0) -> None:
     """UMAP of the neighbour graph into ``obsm["X_umap"]`` (float32, n_obs x 2).
 
@@ -186,6 +189,7 @@ def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, 
     adata.uns["umap"] = {"params": {"min_dist": float(min_dist), "n_epochs": int(n_epochs), "seed": int(seed)}}
 
 
+@timed
 def tsne(adata: AnnData, *, use_rep: str = "X_scVI", perplexity: float = 30.0, seed: int = 0) -> None:
     """t-SNE of ``obsm[use_rep]`` into ``obsm["X_tsne"]`` (scikit-learn's Barnes-Hut, PCA start).
 
@@ -209,6 +213,7 @@ def tsne(adata: AnnData, *, use_rep: str = "X_scVI", perplexity: float = 30.0, s
     adata.uns["tsne"] = {"params": {"use_rep": use_rep, "perplexity": float(perplexity), "seed": int(seed)}}
 
 
+@timed
 def pca_uncorrected(
     adata: AnnData, *, layer: str = "counts", n_comps: int = 50, seed: int = 0
 ) -> np.ndarray:

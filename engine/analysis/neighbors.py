@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+from engine.logs import timed
+
 
 # Constants of umap-learn's smooth_knn_dist, kept identical so the graphs agree.
 _SMOOTH_K_TOLERANCE = 1e-5
@@ -194,6 +196,7 @@ def knn_distance_matrix(indices: np.ndarray, distances: np.ndarray) -> sp.csr_ma
     return matrix
 
 
+@timed
 def neighbors(
     adata: AnnData, *, use_rep: str = "X_scVI", n_neighbors: int = 15, seed: int = 0
 ) -> None:

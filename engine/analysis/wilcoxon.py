@@ -16,11 +16,13 @@ import scipy.sparse as sp
 import scipy.stats
 
 from engine.analysis.de import check_groups, display_names
+from engine.logs import timed
 
 # Normalised total per cell before log1p (scanpy's normalize_total target_sum).
 TARGET_SUM = 1e4
 
 
+@timed
 def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd.DataFrame:
     """Wilcoxon rank-sum test of every gene, group 1 against group 2.
 

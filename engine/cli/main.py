@@ -7,6 +7,7 @@ Bad input exits with code 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import importlib
 import sys
 
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m engine",
         description="Atlas Explorer engine: train an scVI-style model and analyse single-cell counts.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what each step does and how long it takes (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).add_parser(sub)
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.run(args) or 0)

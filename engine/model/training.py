@@ -15,6 +15,7 @@ divergence per cell (z plus learned library), so ``elbo = reconstruction - kl``.
 
 from __future__ import annotations
 
+import logging
 import copy
 import math
 import time
@@ -28,6 +29,8 @@ import torch
 
 from engine.model.vae import VAE, CellConstants, Minibatch, iterate_minibatches
 from engine.model.params import RunParams
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EpochReport",
@@ -200,11 +203,13 @@ def _step_threads(device: torch.device) -> Iterator[int]:
     A step is ~300 torch ops on 128 x n_genes matrices; split over OpenMP threads each op waits for
     a sleeping helper thread to wake (tens of microseconds on a VM), which costs more than it saves
     (two threads were slower than one; BENCHMARKS.md). The fused NB/ZINB kernel is the one call with
-    enough work to split, so it gets the threads. torch's thread setting is per thread (OpenMP), so
-    other threads of the process keep theirs; it is restored on exit.
+    enough work to split, so it gets the threads. With ATen's OpenMP backend (PyTorch's CPU wheels)
+    the setting is per thread (OpenMP's nthreads-var), so other threads of the process, such as other
+    sessions' jobs, keep theirs (tested); it is restored on exit. With another backend the setting is
+    process-wide, and it is left alone.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1 or not _threads_are_per_thread():
         yield threads
         return
     torch.set_num_threads(1)
@@ -212,6 +217,11 @@ def _step_threads(device: torch.device) -> Iterator[int]:
         yield threads
     finally:
         torch.set_num_threads(threads)
+
+
+def _threads_are_per_thread() -> bool:
+    """Whether ``torch.set_num_threads`` affects only the calling thread (ATen's OpenMP backend)."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def _train_once(

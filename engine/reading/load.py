@@ -13,6 +13,8 @@ all-zero cells and genes, makes names unique, picks readable gene names and writ
 
 from __future__ import annotations
 
+import logging
+import time
 import os
 import warnings
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ from engine.reading.formats import (
     read_mtx_dir,
     read_table,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -93,6 +97,7 @@ def read_counts(
             (the message names what was found, e.g. log-transformed values); fewer than 2 cells or
             2 genes with any counts.
     """
+    start = time.perf_counter()
     path = Path(path)
     if not path.exists():
         raise ValueError(f"'{path}' does not exist. Check the path, or upload the file again.")
@@ -166,6 +171,8 @@ def read_counts(
         "symbol_candidates": list(candidates),
         "messages": messages,
     }
+    logger.info("read %s: %s cells x %s genes in %.1f s", path.name, f"{adata.n_obs:,}", f"{adata.n_vars:,}",
+                time.perf_counter() - start)
     return adata
 
 

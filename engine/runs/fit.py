@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import datetime as dt
 import os
 from collections.abc import Callable
@@ -42,6 +44,8 @@ from engine.model.inference import posterior_means
 from engine.model.params import COUNT_LIKELIHOODS, RunParams
 from engine.model.training import EpochReport, evaluate, train
 from engine.model.vae import iterate_minibatches
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["fit", "training_inputs", "write_to_adata"]
 
@@ -113,6 +117,7 @@ def fit(
     dhash = data_hash(adata)
     labels = None if categories is None else [categories[c] for c in codes]
     rid = run_id_from_hash(dhash, params=params, batch_labels=labels)
+    start = time.perf_counter()
     if cache_dir is None:
         run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device)
         run.metrics["cells_hash"] = cells_hash(adata)
@@ -133,6 +138,8 @@ def fit(
                     )
                     run.metrics["cells_hash"] = cells_hash(adata)
                     save_run(run, cache_dir, data_hash_=dhash)
+            else:
+                logger.info("run %s loaded from the cache in %.2f s", rid, time.perf_counter() - start)
     write_to_adata(adata, run)
     return run
 
@@ -151,7 +158,11 @@ def _train_run(
     device: str,
 ) -> Run:
     n_batch = len(categories) if categories else 1
+    logger.info("training run %s: %s cells x %s genes, %d batches, %s", rid, f"{counts.shape[0]:,}",
+                f"{counts.shape[1]:,}", n_batch, params.likelihood)
     result = train(counts, codes, n_batch, params, on_epoch=on_epoch, should_stop=should_stop, device=device)
+    logger.info("run %s trained: %d epochs in %.1f s (best epoch %s)", rid, result.n_epochs_trained,
+                result.seconds, result.best_epoch)
     module = result.module
     elbo = rec = kl = None
     if len(result.validation_indices):

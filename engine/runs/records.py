@@ -19,6 +19,7 @@ process killed mid-run (SIGKILL, out of memory, power cut) leaves that marker an
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import datetime as dt
 import fcntl
@@ -38,6 +39,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from engine.model.params import DISPERSED_LIKELIHOODS, RunParams
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from engine.model.vae import VAE
@@ -349,6 +352,7 @@ def clean_stale(cache_dir: str | os.PathLike[str]) -> list[str]:
             if _lock_is_free(cache_dir, rid):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
+                logger.warning("removed %s, left half-written by a training process that died", path)
         elif path.name.startswith(MARKER_PREFIX) and path.name.endswith(".json"):
             rid = path.name[len(MARKER_PREFIX):-len(".json")]
             if has_run(cache_dir, rid) and _lock_is_free(cache_dir, rid):

@@ -7,6 +7,7 @@ never run code. Everything else about runs (ids, listing, locks) is in :mod:`eng
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import secrets
@@ -26,6 +27,8 @@ from engine.runs.records import (
     Run,
     read_info,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["load_run", "save_run"]
 
@@ -60,6 +63,7 @@ def save_run(run: Run, cache_dir: str | os.PathLike[str], *, data_hash_: str) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     run.path = final
+    logger.info("run %s saved to %s", run.run_id, final)
     return final
 
 
