@@ -20,8 +20,8 @@ import torch
 
 from dashboard.de_figures import volcano
 from engine.analysis.de import differential_expression
-from engine.runs.fit import fit
 from engine.model.params import RunParams
+from engine.runs.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

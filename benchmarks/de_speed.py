@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from engine.analysis.de import differential_expression, groups_from_obs
-from engine.runs.fit import fit
-from engine.model.params import RunParams
 from engine.analysis.wilcoxon import concordance, wilcoxon
+from engine.model.params import RunParams
+from engine.runs.fit import fit
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "kang_pbmc_ctrl.h5ad"
 

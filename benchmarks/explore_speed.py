@@ -31,8 +31,8 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from engine.runs.fit import fit
     from engine.model.params import RunParams
+    from engine.runs.fit import fit
 
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=600)
     at.run()

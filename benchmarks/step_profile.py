@@ -69,9 +69,9 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from engine.model.vae import VAE, CellConstants, iterate_minibatches
     from engine.model.params import RunParams
     from engine.model.training import ADAM_EPS, WEIGHT_DECAY, library_log_prior
+    from engine.model.vae import VAE, CellConstants, iterate_minibatches
 
     torch.set_num_threads(1)  # as engine.model.training: torch ops on one thread, the likelihood kernel on `threads`
     params = RunParams(likelihood="zinb", dispersion="gene", n_hidden=128, n_latent=10, dropout=0.1)

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.runs.fit import fit  # noqa: E402
 from engine.model.params import RunParams  # noqa: E402
+from engine.runs.fit import fit  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kang_pbmc_ctrl_12261x1287.h5ad"
 

@@ -104,10 +104,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from engine.runs.fit import fit
     from engine.model.inference import heldout_elbo
     from engine.model.params import RunParams
     from engine.model.training import split_cells
+    from engine.runs.fit import fit
 
     torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="vs_scvi_tools_"))

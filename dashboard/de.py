@@ -8,7 +8,6 @@ of the key: :meth:`engine.analysis.de.DEResult.table` re-thresholds a stored res
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import anndata as ad
@@ -16,14 +15,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.analysis import de as ede
-from engine.analysis import wilcoxon as ewilcoxon
-
 from dashboard import explore
 from dashboard.state import AppState
 from dashboard.training import load_run
-
-logger = logging.getLogger(__name__)
+from engine.analysis import de as ede
+from engine.analysis import wilcoxon as ewilcoxon
 
 # Pseudo-columns offered next to the obs annotations.
 CLUSTERS = "Leiden clusters"

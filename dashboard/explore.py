@@ -14,7 +14,6 @@ and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -25,17 +24,13 @@ import pandas as pd
 import scipy.sparse as sp
 import streamlit as st
 
+from dashboard.active_run import active_run
+from dashboard.explore_figures import Colouring
+from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
 from engine.analysis import embedding as eemb
 from engine.analysis import neighbors as enb
-
-from dashboard.explore_figures import Colouring
-from dashboard.state import AppState
-from dashboard.active_run import active_run
-from dashboard.training import load_run
-
-logger = logging.getLogger(__name__)
 
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
@@ -244,7 +239,9 @@ def _observed(key: str, gene: int, _filtered: ad.AnnData) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _denoised(run_id: str, key: str, gene: str, _run, _filtered: ad.AnnData) -> np.ndarray:
-    from engine.model.inference import normalized_expression  # torch only when the model is used
+    from engine.model.inference import (
+        normalized_expression,  # torch only when the model is used
+    )
 
     adata = _filtered[:, list(_run.var_names)]
     column = list(_run.var_names).index(gene)

@@ -18,10 +18,16 @@ from typing import Literal
 
 import anndata as ad
 
-from engine.runs.records import InterruptedRun, clean_stale, data_hash, interrupted_runs, run_id
-from engine.runs.fit import fit
 from engine.model.params import RunParams
 from engine.model.training import EpochReport, TrainingCancelled
+from engine.runs.fit import fit
+from engine.runs.records import (
+    InterruptedRun,
+    clean_stale,
+    data_hash,
+    interrupted_runs,
+    run_id,
+)
 
 JobStatus = Literal["running", "finished", "failed", "cancelled"]
 

@@ -6,7 +6,6 @@ bad upload never replaces the dataset already loaded.
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import os
 import tempfile
@@ -16,13 +15,10 @@ from typing import Callable
 import anndata as ad
 import streamlit as st
 
-from engine.reading import load as eio
+from dashboard.state import AppState, Dataset
 from engine.preprocessing import qc as eqc
 from engine.preprocessing.hvg import highly_variable_genes
-
-from dashboard.state import AppState, Dataset
-
-logger = logging.getLogger(__name__)
+from engine.reading import load as eio
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO / "sample_data" / "kang_pbmc_ctrl.h5ad"

@@ -6,9 +6,8 @@ import anndata as ad
 import pandas as pd
 import streamlit as st
 
-from engine.reading import load as eio
-
 from dashboard.state import Dataset
+from engine.reading import load as eio
 
 # A column with more distinct values than this is not offered for splitting plots or as a batch.
 MAX_GROUPS = 100

@@ -1,52 +1,67 @@
-"""What the Train page's form holds and how runs are shown: plain data, no Streamlit calls."""
+"""The Train page's form, generated from :class:`engine.model.params.RunParams` (labels, bounds, help,
+defaults live there, once), and how runs are listed."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 
-from engine.model.params import RunParams
-
-LIKELIHOOD_HELP = {
-    "zinb": "zero-inflated negative binomial (scVI's default)",
-    "nb": "negative binomial, overdispersed counts",
-    "poisson": "Poisson, no overdispersion (baseline)",
-    "zip": "zero-inflated Poisson",
-    "gaussian": "Gaussian on log1p-normalised counts",
-}
+from engine.model.params import Option, RunParams, choices, options, value_type
 
 
 @dataclass(frozen=True)
 class TrainForm:
-    """The user's choices on the Train page."""
+    """The user's choices on the Train page: the batch key, the gene selection and the model's options
+    (any :class:`RunParams` field; the rest keep their defaults)."""
 
-    likelihood: str = "zinb"
-    n_latent: int = 10
     batch_key: str | None = None
-    n_hidden: int = 128
-    n_layers: int = 1
-    dropout: float = 0.1
-    dispersion: str = "gene"
-    library: str = "observed"
-    prior: str = "normal"
-    n_components: int = 10
-    max_epochs: int | None = None
-    early_stopping: bool = True
-    lr: float = 1e-3
-    seed: int = 0
     n_top_genes: int = 0  # 0: all genes
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def params(self) -> RunParams:
         """The engine's parameters; raises ValueError listing what is allowed."""
-        return RunParams(
-            likelihood=self.likelihood, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
-            n_layers=int(self.n_layers), dropout=float(self.dropout), dispersion=self.dispersion,
-            library=self.library, prior=self.prior, n_components=int(self.n_components),
-            max_epochs=None if self.max_epochs is None else int(self.max_epochs),
-            early_stopping=bool(self.early_stopping), lr=float(self.lr), seed=int(self.seed))
+        return RunParams(**self.options)
+
+
+def option_inputs(columns: Sequence, group: str) -> dict[str, Any]:
+    """Widgets for the :class:`RunParams` options of one ``group`` ("main", "model", "training"),
+    spread over ``columns``, each labelled, bounded and explained by its :class:`Option`; returns
+    the chosen values by field name."""
+    chosen = {}
+    fields = [(name, f, o) for name, (f, o) in options().items() if o.group == group]
+    for i, (name, f, option) in enumerate(fields):
+        chosen[name] = _input(columns[i % len(columns)], name, f.default, option)
+    return chosen
+
+
+def _input(box, name: str, default: Any, option: Option) -> Any:
+    kind = value_type(name)
+    if choices(name):
+        values = list(choices(name))
+        labels = option.choice_labels or {}
+        return box.selectbox(option.label, values, index=values.index(default),
+                             format_func=lambda v: labels.get(v, v), help=option.help)
+    if kind is bool:
+        return box.checkbox(option.label, value=default, help=option.help)
+    if default is None:  # automatic unless the user says otherwise
+        auto = box.checkbox(f"{option.label}: automatic", True, help=f"{option.help} Automatic: {option.auto}.")
+        number = _number(box, f"{option.label} (if not automatic)", kind, option, option.suggested)
+        return None if auto else number
+    return _number(box, option.label, kind, option, default)
+
+
+def _number(box, label: str, kind: type, option: Option, value: Any) -> Any:
+    lo, hi = kind(option.minimum), kind(option.maximum)
+    if option.widget == "slider":
+        step = kind(option.step) if option.step is not None else None
+        return box.slider(label, lo, hi, kind(value), step, help=option.help)
+    fmt = "%g" if kind is float else None
+    return box.number_input(label, lo, hi, kind(value), format=fmt, help=option.help)
 
 
 def history_frame(history: list) -> pd.DataFrame:

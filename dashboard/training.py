@@ -11,16 +11,14 @@ import anndata as ad
 import pandas as pd
 import streamlit as st
 
-from engine.runs import records as ecache
-from engine.runs import storage as estorage
-from engine.analysis import diagnostics as ediag
-from engine.preprocessing import qc as eqc
-from engine.preprocessing.hvg import highly_variable_genes
-from engine.model.params import RunParams
-
 from dashboard.jobs import JobBoard, TrainingJob
 from dashboard.state import AppState
 from dashboard.train_form import TrainForm
+from engine.analysis import diagnostics as ediag
+from engine.model.params import RunParams
+from engine.preprocessing.hvg import highly_variable_genes
+from engine.runs import records as ecache
+from engine.runs import storage as estorage
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ENV = "ATLAS_CACHE_DIR"

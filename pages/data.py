@@ -6,8 +6,8 @@ from dashboard import loading
 from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
 from dashboard.state import get_state
 from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table
-from engine.reading import load as eio
 from engine.preprocessing import qc as eqc
+from engine.reading import load as eio
 
 state = get_state()
 

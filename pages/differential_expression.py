@@ -4,6 +4,7 @@ import streamlit as st
 
 from dashboard import de as dede
 from dashboard import explore
+from dashboard.active_run import require_active_run
 from dashboard.de_figures import (
     Y_TITLES,
     clicked_gene,
@@ -12,7 +13,6 @@ from dashboard.de_figures import (
     gene_violins,
     volcano,
 )
-from dashboard.active_run import require_active_run
 from dashboard.state import get_state
 from engine.analysis.de import FEW_CELLS, MIN_CELLS
 from engine.analysis.wilcoxon import concordance

@@ -5,8 +5,8 @@ import time
 import streamlit as st
 
 from dashboard import explore as ex
-from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
 from dashboard.active_run import require_active_run
+from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
 from dashboard.state import get_state
 
 state = get_state()

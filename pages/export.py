@@ -5,8 +5,8 @@ import streamlit as st
 from dashboard import de as dede
 from dashboard import explore
 from dashboard import export as dexport
-from dashboard.de_figures import concordance_scatter, gene_violins, volcano
 from dashboard.active_run import require_active_run
+from dashboard.de_figures import concordance_scatter, gene_violins, volcano
 from dashboard.state import get_state
 
 state = get_state()

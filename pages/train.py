@@ -1,12 +1,11 @@
 """Train page: launch a cached scVI training run, watch it, cancel it, compare runs."""
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import run_comparison, training
 from dashboard.figures import elbo_curve
 from dashboard.state import get_state
-from dashboard.train_form import LIKELIHOOD_HELP, TrainForm, history_frame, runs_table
+from dashboard.train_form import TrainForm, history_frame, option_inputs, runs_table
 
 state = get_state()
 st.title("Train")
@@ -23,45 +22,23 @@ board = training.job_board()
 with st.form("train_form", border=True):
     st.subheader("Settings")
     c1, c2, c3 = st.columns(3)
-    likelihood = c1.selectbox("Likelihood", list(LIKELIHOOD_HELP),
-                              format_func=lambda k: f"{k.upper()}: {LIKELIHOOD_HELP[k]}",
-                              help="How the model explains each count. Compare runs below to choose.")
-    n_latent = c2.slider("Latent size", 2, 64, 10, help="Dimensions of the learned cell representation.")
+    chosen = option_inputs([c1, c2], "main")
     batch_options = ["(none)"] + training.batch_columns(filtered)
     batch = c3.selectbox("Batch key", batch_options,
                          help="Cells from different batches (samples, donors, technologies) are "
                               "aligned in the latent space.")
     with st.expander("Advanced"):
-        a1, a2, a3, a4 = st.columns(4)
-        n_hidden = a1.selectbox("Hidden units", [32, 64, 128, 256, 512], index=2)
-        n_layers = a1.number_input("Hidden layers", 1, 5, 1)
-        dropout = a1.slider("Dropout", 0.0, 0.5, 0.1, 0.05)
-        dispersion = a2.selectbox("Dispersion", ["gene", "gene-batch", "gene-cell"],
-                                  help="Inverse dispersion per gene, per gene and batch, or per gene and cell.")
-        library = a2.selectbox("Library size", ["observed", "learned"],
-                               help="Observed: each cell's total counts. Learned: a latent variable "
-                                    "with a per-batch log-normal prior.")
-        prior = a2.selectbox("Prior on z", ["normal", "mixture"],
-                             help="Mixture: a Gaussian mixture with K components (GMVAE).")
-        n_components = a2.number_input("Mixture components K", 2, 50, 10, disabled=False)
-        epochs_auto = a3.checkbox("Epochs: automatic", True,
-                                  help="scvi-tools' rule: min(round(20000 / cells x 400), 400).")
-        max_epochs = a3.number_input("Epochs (if not automatic)", 1, 1000, 50)
-        early_stopping = a3.checkbox("Early stopping", True,
-                                     help="Stop when the validation ELBO has not improved for 45 epochs.")
-        lr = a4.number_input("Learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
-        seed = a4.number_input("Seed", 0, 2**31 - 1, 0)
+        st.caption("Model")
+        chosen |= option_inputs(st.columns(4), "model")
+        st.caption("Training")
+        chosen |= option_inputs(st.columns(4), "training")
         default_hvg = 0 if filtered.n_vars <= 4000 else 2000
-        n_top_genes = a4.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
+        n_top_genes = st.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
                                       default_hvg, step=100)
     submitted = st.form_submit_button("Train", type="primary")
 
 if submitted:
-    form = TrainForm(likelihood=likelihood, n_latent=n_latent, batch_key=None if batch == "(none)" else batch,
-                     n_hidden=n_hidden, n_layers=n_layers, dropout=dropout, dispersion=dispersion,
-                     library=library, prior=prior, n_components=n_components,
-                     max_epochs=None if epochs_auto else max_epochs, early_stopping=early_stopping,
-                     lr=lr, seed=seed, n_top_genes=n_top_genes)
+    form = TrainForm(batch_key=None if batch == "(none)" else batch, n_top_genes=n_top_genes, options=chosen)
     training.submit(state, form, board)
 
 # ---- Progress of the job this session follows ---------------------------------------------------

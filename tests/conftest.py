@@ -132,8 +132,8 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
     (QUICK_EPOCHS epochs, cached across tests) made active. Returns (AppTest, AppState, Run)."""
     from streamlit.testing.v1 import AppTest
 
-    from engine.runs.fit import fit
     from engine.model.params import RunParams
+    from engine.runs.fit import fit
 
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
     at.run()

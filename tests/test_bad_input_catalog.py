@@ -29,9 +29,9 @@ from streamlit.testing.v1 import AppTest
 from dashboard import training
 from dashboard.train_form import TrainForm
 from engine.analysis import de as ede
-from engine.runs.records import list_runs
-from engine.reading.load import read_counts
 from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs.records import list_runs
 
 from .conftest import REPO, app_with_active_run
 
@@ -263,11 +263,11 @@ def test_latent_larger_than_the_genes_on_the_train_page(session):
 
 
 @pytest.mark.parametrize("form, expected", [
-    (TrainForm(likelihood="gamma"), r"likelihood.*choose one of.*zinb"),
-    (TrainForm(dispersion="gene-planet"), r"dispersion.*choose one of"),
-    (TrainForm(lr=-1.0), r"lr must be > 0"),
-    (TrainForm(dropout=1.5), r"dropout must be in \[0, 1\)"),
-    (TrainForm(n_latent=0), r"n_latent must be a positive integer"),
+    (TrainForm(options={"likelihood": "gamma"}), r"likelihood.*choose one of.*zinb"),
+    (TrainForm(options={"dispersion": "gene-planet"}), r"dispersion.*choose one of"),
+    (TrainForm(options={"lr": -1.0}), r"lr must be > 0"),
+    (TrainForm(options={"dropout": 1.5}), r"dropout must be in \[0, 1\)"),
+    (TrainForm(options={"n_latent": 0}), r"n_latent must be a positive integer"),
 ], ids=["unknown likelihood", "unknown dispersion", "negative learning rate", "dropout above 1", "latent 0"])
 def test_training_options_refused_with_allowed_values(form, expected):
     with pytest.raises(ValueError, match=expected):

@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runs.records import CorruptRunError, data_hash, delete_run, list_runs, run_id
-
-from engine.runs.storage import load_run
-from engine.runs.fit import fit
 from engine.model.params import RunParams
+from engine.runs.fit import fit
+from engine.runs.records import (
+    CorruptRunError,
+    data_hash,
+    delete_run,
+    list_runs,
+    run_id,
+)
+from engine.runs.storage import load_run
 
 torch.set_num_threads(1)
 PARAMS = RunParams(max_epochs=2, n_hidden=32)

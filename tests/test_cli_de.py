@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from engine.__main__ import main
-from engine.runs.storage import load_run
-from engine.cli.de import parse_within
 from engine.analysis.de import differential_expression, groups_from_obs
-from engine.runs.fit import fit
+from engine.cli.de import parse_within
 from engine.model.params import RunParams
+from engine.runs.fit import fit
+from engine.runs.storage import load_run
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import pkgutil
 import threading
 import types
@@ -23,9 +24,9 @@ import dashboard
 import engine
 from dashboard import training
 from dashboard.jobs import JobBoard
-from engine.runs.records import list_runs
-from engine.reading.load import read_counts
 from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs.records import list_runs
 
 from .conftest import REPO
 
@@ -41,7 +42,6 @@ REVIEWED_CONSTANTS = {
     ("dashboard.de_figures", "Y_TITLES"),  # axis titles
     ("dashboard.de_figures", "_MARGIN"),  # figure margins
     ("dashboard.figures", "QC_LABELS"),  # axis titles
-    ("dashboard.train_form", "LIKELIHOOD_HELP"),  # help texts
     ("dashboard.explore", "METRIC_HELP"),  # help texts
     ("dashboard.explore", "QC_METRICS"),  # obs column -> label
     ("engine.model.likelihoods", "_chunk_pool"),
@@ -74,6 +74,8 @@ def module_state() -> dict[tuple[str, str], object]:
             if isinstance(value, types.ModuleType | types.FunctionType | types.BuiltinFunctionType | type
                           | CachedFunc) or type(value).__module__ in {"typing", "__future__", "re"}:
                 continue
+            if isinstance(value, logging.Logger):
+                continue  # a module logger: records go to handlers, no data is kept
             if type(value).__name__ == "ufunc" or type(value).__module__.startswith("numba."):
                 continue  # numpy ufuncs and numba-compiled functions are functions
             state[(module.__name__, name)] = value

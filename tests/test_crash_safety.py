@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs.records import clean_stale, interrupted_runs, list_runs, run_id
-
-from engine.runs.storage import load_run
-from engine.runs.fit import fit
-from engine.reading.load import read_counts
 from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs.fit import fit
+from engine.runs.records import clean_stale, interrupted_runs, list_runs, run_id
+from engine.runs.storage import load_run
 
 from .conftest import REPO
 

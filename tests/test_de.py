@@ -19,9 +19,9 @@ from engine.analysis.de import (
     summarize_lfc,
     write_de_csv,
 )
-from engine.runs.fit import fit
-from engine.model.params import RunParams
 from engine.analysis.wilcoxon import concordance, wilcoxon
+from engine.model.params import RunParams
+from engine.runs.fit import fit
 from tests.conftest import shared_file
 
 

@@ -14,10 +14,10 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from dashboard import export as dexport
-from engine.runs.storage import load_run
-from engine.runs.fit import fit
 from engine.model.inference import latent_mean
 from engine.model.params import RunParams
+from engine.runs.fit import fit
+from engine.runs.storage import load_run
 
 
 @pytest.fixture(scope="module")

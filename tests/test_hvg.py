@@ -39,6 +39,14 @@ def test_hvg_more_than_genes_flags_all(kang):
     assert kang.uns["hvg"]["n_top_genes"] == kang.n_vars
 
 
+def test_hvg_on_a_handful_of_genes_flags_all_or_says_what_to_do(kang):
+    few = kang[:, :6].copy()
+    highly_variable_genes(few, n_top_genes=2000)  # the loess cannot fit 6 genes; all are kept
+    assert few.var["highly_variable"].all() and few.var["highly_variable_rank"].isna().all()
+    with pytest.raises(ValueError, match="Use all genes"):
+        highly_variable_genes(few, n_top_genes=3)
+
+
 def test_hvg_batch_aware_on_pancreas_two_technologies():
     adata = read_counts(shared_file("pancreas_2tech_3514x1194.h5ad"))
     highly_variable_genes(adata, n_top_genes=500, batch_key="tech")

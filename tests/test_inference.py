@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engine.model import inference as inf
-from engine.runs.fit import fit
 from engine.model.params import RunParams
+from engine.runs.fit import fit
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,9 @@ from scipy import sparse
 from engine import memory
 from engine.analysis.de import differential_expression
 from engine.analysis.diagnostics import posterior_predictive_check
-from engine.runs.fit import fit
-from engine.reading.load import read_counts
 from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs.fit import fit
 
 
 def test_check_dense_size_returns_the_size_or_explains():

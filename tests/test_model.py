@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 
 from engine.model import likelihoods as L
-from engine.model.vae import VAE, CellConstants, iterate_minibatches
 from engine.model.params import RunParams
+from engine.model.vae import VAE, CellConstants, iterate_minibatches
 
 
 @pytest.fixture(scope="module")

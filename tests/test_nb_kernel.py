@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.model import likelihoods
-
-from engine.model import nb_kernel
+from engine.model import likelihoods, nb_kernel
 from engine.model.likelihoods import sparse_nb_log_likelihood
 from tests.test_likelihoods import sparse_inputs
 

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from scipy import sparse
 from scipy.io import mmwrite
 
-from engine.reading.load import read_counts
 from engine.model.likelihoods import (
     log_nb_positive,
     log_normal,
@@ -27,6 +26,7 @@ from engine.model.likelihoods import (
     log_zinb_positive,
     log_zip_positive,
 )
+from engine.reading.load import read_counts
 
 READER_SETTINGS = settings(max_examples=25, deadline=None,
                            suppress_health_check=[HealthCheck.function_scoped_fixture])

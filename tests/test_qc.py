@@ -9,8 +9,6 @@ from scipy import sparse
 
 from engine.preprocessing import qc
 from engine.reading.load import read_counts
-from tests.conftest import SAMPLE, shared_file
-
 
 # The fixture's 1,287 genes include no MT- gene; ribosomal RPS genes stand in for them so that
 # the percentage and its threshold are exercised with real, non-zero values.

@@ -4,19 +4,19 @@ fenced and off by default, uploads are capped, Streamlit's XSRF protection stays
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from dashboard import loading
+from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs.fit import fit
 from engine.runs.records import CorruptRunError
 from engine.runs.storage import load_run
-from engine.runs.fit import fit
-from engine.reading.load import read_counts
-from engine.model.params import RunParams
 
 from .conftest import REPO
 

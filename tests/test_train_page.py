@@ -14,8 +14,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard import training
 from dashboard.jobs import JobBoard
 from dashboard.train_form import TrainForm
-from engine.runs.records import list_runs
 from engine.model.params import RunParams
+from engine.runs.records import list_runs
 
 from .conftest import REPO
 
@@ -168,7 +168,7 @@ def test_training_error_is_shown_and_page_survives(tmp_path, caplog):
 
 def test_form_params_validation_lists_allowed_values():
     with pytest.raises(ValueError, match="choose one of"):
-        TrainForm(likelihood="gamma").params()
+        TrainForm(options={"likelihood": "gamma"}).params()
 
 
 def test_diagnostics_for_two_runs_side_by_side(run_cache, kang_small_path):

@@ -8,9 +8,15 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from engine.runs.fit import fit
 from engine.model.params import RunParams
-from engine.model.training import EpochReport, TrainingCancelled, TrainingDiverged, split_cells, train
+from engine.model.training import (
+    EpochReport,
+    TrainingCancelled,
+    TrainingDiverged,
+    split_cells,
+    train,
+)
+from engine.runs.fit import fit
 
 torch.set_num_threads(1)
 

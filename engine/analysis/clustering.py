@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from engine.logs import timed
 
+from engine.logs import timed
 
 Flavor = Literal["igraph", "leidenalg"]
 

@@ -57,8 +57,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from engine.memory import check_dense_size
 from engine.logs import timed
+from engine.memory import check_dense_size
 
 if TYPE_CHECKING:
     from engine.runs.records import Run

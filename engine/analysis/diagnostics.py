@@ -12,10 +12,15 @@ import anndata as ad
 import numpy as np
 
 from engine.analysis.de import display_names
-from engine.model.inference import heldout_elbo, latent_activity, posterior_predictive, run_inputs
-from engine.memory import check_dense_size
-from engine.model.params import COUNT_LIKELIHOODS
 from engine.logs import timed
+from engine.memory import check_dense_size
+from engine.model.inference import (
+    heldout_elbo,
+    latent_activity,
+    posterior_predictive,
+    run_inputs,
+)
+from engine.model.params import COUNT_LIKELIHOODS
 
 
 @dataclass(frozen=True)

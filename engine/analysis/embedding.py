@@ -21,7 +21,6 @@ from anndata import AnnData
 from engine.analysis.neighbors import representation
 from engine.logs import timed
 
-
 _NEGATIVE_SAMPLE_RATE = 5
 _SPREAD = 1.0
 

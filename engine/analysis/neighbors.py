@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
-from engine.logs import timed
 
+from engine.logs import timed
 
 # Constants of umap-learn's smooth_knn_dist, kept identical so the graphs agree.
 _SMOOTH_K_TOLERANCE = 1e-5

@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``de`` command; bad input raises ValueError (exit code 2)."""
     import anndata as ad
 
+    from engine.analysis.de import differential_expression
+
     # The model stack (torch) is imported only when the command runs, not for --help.
     from engine.runs.storage import load_run
-    from engine.analysis.de import differential_expression
 
     within = parse_within(args.within)
     if not args.input.is_file():

@@ -7,8 +7,8 @@ Bad input exits with code 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import importlib
+import logging
 import sys
 
 # command name -> module implementing it

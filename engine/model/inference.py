@@ -15,9 +15,9 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from engine.runs.records import Run, counts_matrix
-from engine.model.vae import GAUSSIAN_SCALE, VAE, Minibatch, iterate_minibatches
 from engine.model.training import evaluate
+from engine.model.vae import GAUSSIAN_SCALE, VAE, Minibatch, iterate_minibatches
+from engine.runs.records import Run, counts_matrix
 
 __all__ = [
     "ElboParts",

@@ -280,7 +280,9 @@ def _kernel_applies(logits, library_log, theta, zi_logits, x) -> bool:
 
 def _kernel_forward(logits, library_log, theta, zi_logits, nz_rows, nz_cols, x, with_grads, with_theta_grad, threads):
     """Value and derivatives from :func:`engine.model.nb_kernel.nb_rows`, the rows split over threads."""
-    from engine.model import nb_kernel  # numba loads (or compiles) the kernel on first use, not at import
+    from engine.model import (
+        nb_kernel,  # numba loads (or compiles) the kernel on first use, not at import
+    )
 
     n, n_genes = logits.shape
     indptr = np.empty(n + 1, dtype=np.int64)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Likelihood", "Dispersion", "Library", "Prior", "RunParams", "default_max_epochs"]
+__all__ = ["Dispersion", "Library", "Likelihood", "Option", "Prior", "RunParams", "default_max_epochs", "options"]
 
 Likelihood = Literal["zinb", "nb", "poisson", "zip", "gaussian"]
 Dispersion = Literal["gene", "gene-batch", "gene-cell"]
@@ -23,6 +24,32 @@ DISPERSED_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb")
 def default_max_epochs(n_cells: int) -> int:
     """scvi-tools' default: ``min(round(20000 / n_cells * 400), 400)``."""
     return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one :class:`RunParams` field is presented: the form, the command line and the docs read it.
+
+    ``group`` is where the Train form shows it ("main" above the fold, "model"/"training" under
+    Advanced); ``minimum``/``maximum``/``step`` bound numeric inputs; ``choice_labels`` describe the
+    values of a ``Literal``; ``auto`` says what ``None`` means for an optional number; ``widget``
+    asks for a slider instead of a number box.
+    """
+
+    label: str
+    group: Literal["main", "model", "training"]
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choice_labels: Mapping[str, str] | None = None
+    auto: str | None = None
+    suggested: float | None = None  # the form's number when "automatic" is unticked
+    widget: Literal["input", "slider"] = "input"
+
+
+def _option(default: Any, label: str, group: Literal["main", "model", "training"], help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"option": Option(label, group, help, **kw)})
 
 
 @dataclass(frozen=True)
@@ -46,24 +73,66 @@ class RunParams:
     keeps the weights of the best epoch (needs ``validation_fraction > 0``).
     """
 
-    likelihood: Likelihood = "zinb"
-    n_latent: int = 10
-    n_hidden: int = 128
-    n_layers: int = 1
-    dropout: float = 0.1
-    dispersion: Dispersion = "gene"
-    library: Library = "observed"
-    prior: Prior = "normal"
-    n_components: int = 10
-    encode_covariates: bool = True
-    max_epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    kl_warmup_epochs: int | None = None
-    early_stopping: bool = True
-    patience: int = 45
-    validation_fraction: float = 0.1
-    seed: int = 0
+    likelihood: Likelihood = _option(
+        "zinb", "Likelihood", "main",
+        "How the model explains each count. Compare runs on the Train page to choose.",
+        choice_labels={
+            "zinb": "ZINB: zero-inflated negative binomial (scVI's default)",
+            "nb": "NB: negative binomial, overdispersed counts",
+            "poisson": "Poisson: no overdispersion (baseline)",
+            "zip": "ZIP: zero-inflated Poisson",
+            "gaussian": "Gaussian on log1p-normalised counts",
+        },
+    )
+    n_latent: int = _option(10, "Latent size", "main", "Dimensions of the learned cell representation.",
+                            minimum=2, maximum=64, widget="slider")
+    n_hidden: int = _option(128, "Hidden units", "model", "Units per hidden layer of the encoder and decoder.",
+                            minimum=8, maximum=1024)
+    n_layers: int = _option(1, "Hidden layers", "model", "Hidden layers of the encoder and decoder.",
+                            minimum=1, maximum=5)
+    dropout: float = _option(0.1, "Dropout", "model", "Dropout rate of the encoder's hidden layers.",
+                             minimum=0.0, maximum=0.5, step=0.05, widget="slider")
+    dispersion: Dispersion = _option(
+        "gene", "Dispersion", "model",
+        "Inverse dispersion per gene, per gene and batch, or per gene and cell (NB and ZINB only).",
+    )
+    library: Library = _option(
+        "observed", "Library size", "model",
+        "Observed: each cell's total counts. Learned: a latent variable with a per-batch log-normal prior.",
+    )
+    prior: Prior = _option("normal", "Prior on z", "model",
+                           "Normal: N(0, I). Mixture: a Gaussian mixture with K components (GMVAE).")
+    n_components: int = _option(10, "Mixture components K", "model",
+                                "Components of the mixture prior (used with the mixture prior only).",
+                                minimum=2, maximum=50)
+    encode_covariates: bool = _option(
+        True, "Encoder sees the batch", "model",
+        "The encoder gets the batch as well as the counts, q(z | x, s) as in the scVI paper; "
+        "scvi-tools' default leaves it out. No effect without a batch key.",
+    )
+    max_epochs: int | None = _option(
+        None, "Epochs", "training", "Passes over the data.", minimum=1, maximum=1000,
+        auto="scvi-tools' rule, min(round(20000 / cells x 400), 400)", suggested=50,
+    )
+    batch_size: int = _option(128, "Batch size", "training", "Cells per minibatch.", minimum=16, maximum=4096)
+    lr: float = _option(1e-3, "Learning rate", "training", "Adam's learning rate.", minimum=1e-5, maximum=1e-1)
+    kl_warmup_epochs: int | None = _option(
+        None, "KL warm-up epochs", "training",
+        "Epochs over which the weight of the KL term grows from 0 to 1.", minimum=0, maximum=1000,
+        auto="400, but never more than half of the epochs trained", suggested=20,
+    )
+    early_stopping: bool = _option(
+        True, "Early stopping", "training",
+        "Stop when the validation ELBO has not improved for `patience` epochs; keep the best epoch.",
+    )
+    patience: int = _option(45, "Patience", "training",
+                            "Epochs without improvement of the validation ELBO before early stopping.",
+                            minimum=1, maximum=1000)
+    validation_fraction: float = _option(0.1, "Validation fraction", "training",
+                                         "Share of the cells held out to score the model and stop early.",
+                                         minimum=0.0, maximum=0.5, step=0.05)
+    seed: int = _option(0, "Seed", "training", "Seeds initialisation, minibatches and the validation split.",
+                        minimum=0, maximum=2**31 - 1)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -125,6 +194,20 @@ class RunParams:
             return self.kl_warmup_epochs
         return min(400, n_epochs // 2)
 
+    def relevant(self, *, has_batch: bool) -> dict[str, Any]:
+        """The options that change the trained model (the run cache's key): those the chosen model
+        ignores are left out, so changing them does not make a new run."""
+        values = self.to_dict()
+        if self.likelihood not in DISPERSED_LIKELIHOODS:
+            values.pop("dispersion")
+        if self.prior != "mixture":
+            values.pop("n_components")
+        if not self.early_stopping:
+            values.pop("patience")
+        if not has_batch:
+            values.pop("encode_covariates")
+        return values
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every option."""
         return dataclasses.asdict(self)
@@ -137,3 +220,23 @@ class RunParams:
         if unknown:
             raise ValueError(f"unknown RunParams option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**values)
+
+
+def options() -> dict[str, tuple[dataclasses.Field, Option]]:
+    """Every :class:`RunParams` field with its :class:`Option`, in declaration order."""
+    return {f.name: (f, f.metadata["option"]) for f in dataclasses.fields(RunParams)}
+
+
+def choices(name: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` option (empty for other types)."""
+    hint = typing.get_type_hints(RunParams)[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def value_type(name: str) -> type:
+    """``bool``, ``int``, ``float`` or ``str`` (for Literals): the type of an option's values."""
+    hint = typing.get_type_hints(RunParams)[name]
+    if typing.get_origin(hint) is Literal:
+        return str
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0]

@@ -15,7 +15,6 @@ divergence per cell (z plus learned library), so ``elbo = reconstruction - kl``.
 
 from __future__ import annotations
 
-import logging
 import copy
 import math
 import time
@@ -27,10 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from engine.model.vae import VAE, CellConstants, Minibatch, iterate_minibatches
 from engine.model.params import RunParams
-
-logger = logging.getLogger(__name__)
+from engine.model.vae import VAE, CellConstants, Minibatch, iterate_minibatches
 
 __all__ = [
     "EpochReport",

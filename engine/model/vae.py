@@ -28,8 +28,8 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.special import gammaln
 import torch.nn.functional as F
+from scipy.special import gammaln
 from torch import nn
 
 from engine.model.likelihoods import log_normal, sparse_nb_log_likelihood

@@ -46,10 +46,19 @@ def highly_variable_genes(adata: AnnData, *, n_top_genes: int = 2000, batch_key:
         ),
         var=pd.DataFrame(index=adata.var_names),
     )
-    result = sc.pp.highly_variable_genes(
-        view, flavor="seurat_v3_paper", n_top_genes=n_top, batch_key="batch" if batch_key else None,
-        inplace=False, check_values=False,
-    )
+    try:
+        result = sc.pp.highly_variable_genes(
+            view, flavor="seurat_v3_paper", n_top_genes=n_top, batch_key="batch" if batch_key else None,
+            inplace=False, check_values=False,
+        )
+    except ValueError as err:  # scikit-misc's loess fails on a handful of genes ("svddc failed")
+        if n_top < adata.n_vars:
+            raise ValueError(
+                f"Highly variable genes could not be chosen: the fit of variance against mean over "
+                f"{adata.n_vars:,} genes failed ({err}). Use all genes, or load more genes."
+            ) from err
+        result = pd.DataFrame({"highly_variable": True, "highly_variable_rank": np.nan,
+                               "variances_norm": np.nan}, index=adata.var_names)
     result = result.reindex(adata.var_names)
     adata.var["highly_variable"] = result["highly_variable"].to_numpy(dtype=bool)
     adata.var["highly_variable_rank"] = result["highly_variable_rank"].to_numpy(dtype=np.float64)

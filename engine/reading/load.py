@@ -14,8 +14,8 @@ all-zero cells and genes, makes names unique, picks readable gene names and writ
 from __future__ import annotations
 
 import logging
-import time
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +25,6 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from engine.reading.raw_counts import CountsCheck, check_counts
-from engine.reading.genes import (
-    best_symbol_column,
-    display_source,
-    make_unique,
-    set_display_names,
-    symbol_candidates,
-)
 from engine.reading.formats import (
     SUPPORTED_FORMATS,
     UPLOAD_EXTENSIONS,
@@ -47,6 +39,14 @@ from engine.reading.formats import (
     read_mtx_dir,
     read_table,
 )
+from engine.reading.genes import (
+    best_symbol_column,
+    display_source,
+    make_unique,
+    set_display_names,
+    symbol_candidates,
+)
+from engine.reading.raw_counts import CountsCheck, check_counts
 
 logger = logging.getLogger(__name__)
 

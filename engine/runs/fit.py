@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-import logging
-import time
 import datetime as dt
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,6 +26,11 @@ import torch
 from anndata import AnnData
 
 import engine
+from engine.model.inference import posterior_means
+from engine.model.params import COUNT_LIKELIHOODS, RunParams
+from engine.model.training import EpochReport, evaluate, train
+from engine.model.vae import iterate_minibatches
+from engine.reading.raw_counts import check_counts
 from engine.runs.records import (
     CorruptRunError,
     Run,
@@ -39,11 +44,6 @@ from engine.runs.records import (
     training_marker,
 )
 from engine.runs.storage import load_run, save_run
-from engine.reading.raw_counts import check_counts
-from engine.model.inference import posterior_means
-from engine.model.params import COUNT_LIKELIHOODS, RunParams
-from engine.model.training import EpochReport, evaluate, train
-from engine.model.vae import iterate_minibatches
 
 logger = logging.getLogger(__name__)
 

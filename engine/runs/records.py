@@ -19,12 +19,12 @@ process killed mid-run (SIGKILL, out of memory, power cut) leaves that marker an
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zipfile
@@ -38,7 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from engine.model.params import DISPERSED_LIKELIHOODS, RunParams
+from engine.model.params import RunParams
 
 logger = logging.getLogger(__name__)
 
@@ -165,20 +165,6 @@ def cells_hash(adata: AnnData) -> str:
     return h.hexdigest()
 
 
-def _relevant_params(params: RunParams, *, has_batch: bool) -> dict[str, Any]:
-    """The options that change the trained model: drop those the chosen model ignores."""
-    values = params.to_dict()
-    if not has_batch:
-        values.pop("encode_covariates")
-    if params.likelihood not in DISPERSED_LIKELIHOODS:
-        values.pop("dispersion")
-    if params.prior != "mixture":
-        values.pop("n_components")
-    if not params.early_stopping:
-        values.pop("patience")
-    return values
-
-
 def run_id(adata: AnnData, *, params: RunParams, batch_key: str | None) -> str:
     """Identifier of the run ``fit(adata, params=params, batch_key=batch_key)`` would produce."""
     return run_id_from_hash(data_hash(adata), params=params, batch_labels=_batch_labels(adata, batch_key))
@@ -188,7 +174,7 @@ def run_id_from_hash(data_hash_: str, *, params: RunParams, batch_labels: list[s
     """:func:`run_id` from an already computed :func:`data_hash` and the per-cell batch labels."""
     h = hashlib.blake2b(digest_size=10)
     h.update(f"format={MODEL_FORMAT_VERSION};data={data_hash_};".encode())
-    h.update(json.dumps(_relevant_params(params, has_batch=batch_labels is not None), sort_keys=True).encode())
+    h.update(json.dumps(params.relevant(has_batch=batch_labels is not None), sort_keys=True).encode())
     h.update(json.dumps(batch_labels).encode())
     return h.hexdigest()
 

@@ -7,8 +7,8 @@ never run code. Everything else about runs (ids, listing, locks) is in :mod:`eng
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 import secrets
 import shutil
