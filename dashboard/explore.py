@@ -170,7 +170,8 @@ def renamed(labels: pd.Categorical, names: Mapping[str, str]) -> pd.Categorical:
 
 def cluster_labels(state: AppState, run, filtered: ad.AnnData) -> pd.Series:
     """Leiden clusters of ``run`` at the current resolution with the user's names: a categorical
-    Series indexed by ``filtered.obs_names``."""
+    Series indexed by ``filtered.obs_names``.
+    """
     named_for = state.cluster_names_for
     # Names given on the Explore page to another clustering (the run changed since) do not apply.
     names = state.cluster_names if named_for in (None, _clustering(state)) else {}
@@ -204,7 +205,7 @@ def apply_cluster_edits(state: AppState, clusters: Sequence[str], edited_rows: M
 
 # ---- Colouring ---------------------------------------------------------------------------------
 def annotation_columns(filtered: ad.AnnData) -> list[str]:
-    """obs columns offered for colouring, QC metrics excluded (they have their own choice)."""
+    """Obs columns offered for colouring, QC metrics excluded (they have their own choice)."""
     return [str(c) for c in filtered.obs.columns if c not in QC_METRICS and c != "leiden"]
 
 
@@ -280,7 +281,8 @@ def gene_expression(state: AppState, run, gene: str, *, expression: Expression =
 def colouring(state: AppState, run, *, source: ColourSource, name: str = "",
               expression: Expression = "observed") -> Colouring:
     """The colour vector for the scatter: the (renamed) clusters, an obs column, a QC metric or a
-    gene's expression. Only this is recomputed when the user changes the colour."""
+    gene's expression. Only this is recomputed when the user changes the colour.
+    """
     _check(source, ColourSource, "source")
     filtered = state.filtered
     if source == "Cluster":
@@ -435,7 +437,8 @@ def _metrics(rep: str, run_id: str, key: str, batch_key: str, resolution: float,
 
 def batch_comparison(state: AppState, run) -> BatchComparison:
     """Uncorrected (PCA of log-normalised counts) vs corrected (latent) embeddings and metrics,
-    with the run's batch key as batches and the Leiden clusters of the latent as labels."""
+    with the run's batch key as batches and the Leiden clusters of the latent as labels.
+    """
     if run.batch_key is None:
         raise ValueError("This run was trained without a batch key: there is no batch correction "
                          "to compare. Train with a batch key on the Train page.")

@@ -150,7 +150,8 @@ def _points(xy: np.ndarray, rows: np.ndarray, text: np.ndarray, mask: np.ndarray
 
 def cluster_sizes(labels: pd.Categorical, *, title: str = "Cells per cluster") -> go.Figure:
     """Bar chart of the number of cells in each category, in category order, coloured as in the
-    embedding."""
+    embedding.
+    """
     counts = pd.Series(labels).value_counts(sort=False).reindex(labels.categories, fill_value=0)
     names = [str(c) for c in counts.index]
     fig = go.Figure(go.Bar(x=names, y=counts.to_numpy(), marker_color=category_colours(len(names)),

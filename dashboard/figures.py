@@ -89,7 +89,8 @@ def gene_detection_histogram(pct_cells: pd.Series) -> go.Figure:
 
 def elbo_curve(history: pd.DataFrame, *, title: str = "Training curve") -> go.Figure:
     """Train and validation ELBO per epoch (higher is better). ``history``: one row per epoch with
-    columns epoch, train_elbo and validation_elbo (NaN when there is no validation set)."""
+    columns epoch, train_elbo and validation_elbo (NaN when there is no validation set).
+    """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=history["epoch"], y=history["train_elbo"], mode="lines",
                              name="train", line=dict(color="#4C78A8")))
@@ -105,7 +106,8 @@ def elbo_curve(history: pd.DataFrame, *, title: str = "Training curve") -> go.Fi
 def latent_activity(activity: dict[str, np.ndarray]) -> go.Figure:
     """Variance of the posterior mean per latent dimension, one bar group per run.
 
-    Dimensions with activity near 0 are unused ("collapsed"): a smaller latent would do."""
+    Dimensions with activity near 0 are unused ("collapsed"): a smaller latent would do.
+    """
     fig = go.Figure()
     for label, values in activity.items():
         fig.add_trace(go.Bar(x=[f"z{i + 1}" for i in range(len(values))], y=values, name=label))
@@ -119,7 +121,8 @@ def ppc_scatter(points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
                 log: bool = False) -> go.Figure:
     """Per-gene statistic observed (x) against the same statistic on data sampled from each model
     (y). ``points`` maps a run's label to its (observed, sampled, gene names), each run on its own
-    genes. Points on the diagonal mean the model reproduces the data."""
+    genes. Points on the diagonal mean the model reproduces the data.
+    """
     fig = go.Figure()
     lo, hi = np.inf, -np.inf
     for label, (observed, sampled, genes) in points.items():

@@ -125,7 +125,8 @@ class JobBoard:
 
     def interrupted(self, *, data_hash: str | None = None) -> list[InterruptedRun]:
         """Runs whose training was cut off by a crash or restart of the server (not by a user's
-        cancel), optionally only those on one dataset: the page offers to train them again."""
+        cancel), optionally only those on one dataset: the page offers to train them again.
+        """
         return [r for r in interrupted_runs(self.cache_dir) if data_hash is None or r.data_hash == data_hash]
 
     def _train(self, job: TrainingJob, adata: ad.AnnData) -> None:

@@ -32,7 +32,7 @@ def obs_columns_table(summary: eio.DatasetSummary) -> pd.DataFrame:
 
 
 def grouping_columns(adata: ad.AnnData) -> list[str]:
-    """obs columns that make sensible groups: categorical or text with 2 to MAX_GROUPS values.
+    """Obs columns that make sensible groups: categorical or text with 2 to MAX_GROUPS values.
 
     QC metrics that the app computes (numbers per cell) are never groups.
     """

@@ -1,5 +1,6 @@
 """The Train page's form, generated from :class:`engine.model.params.RunParams` (labels, bounds, help,
-defaults live there, once), and how runs are listed."""
+defaults live there, once), and how runs are listed.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from engine.model.params import Option, RunParams, choices, options, value_type
 @dataclass(frozen=True)
 class TrainForm:
     """The user's choices on the Train page: the batch key, the gene selection and the model's options
-    (any :class:`RunParams` field; the rest keep their defaults)."""
+    (any :class:`RunParams` field; the rest keep their defaults).
+    """
 
     batch_key: str | None = None
     n_top_genes: int = 0  # 0: all genes
@@ -31,7 +33,8 @@ class TrainForm:
 def option_inputs(columns: Sequence, group: str) -> dict[str, Any]:
     """Widgets for the :class:`RunParams` options of one ``group`` ("main", "model", "training"),
     spread over ``columns``, each labelled, bounded and explained by its :class:`Option`; returns
-    the chosen values by field name."""
+    the chosen values by field name.
+    """
     chosen = {}
     fields = [(name, f, o) for name, (f, o) in options().items() if o.group == group]
     for i, (name, f, option) in enumerate(fields):

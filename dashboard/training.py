@@ -54,7 +54,7 @@ class TrainingCheck:
 
 
 def batch_columns(adata: ad.AnnData) -> list[str]:
-    """obs columns offered as a batch key: categorical or text columns with at most 1,000 values."""
+    """Obs columns offered as a batch key: categorical or text columns with at most 1,000 values."""
     out = []
     for name, col in adata.obs.items():
         if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:

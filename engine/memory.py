@@ -92,7 +92,8 @@ def check_dense_size(
         limit_bytes: the most that may be used; default :data:`MEMORY_FRACTION` of
             :func:`available_memory`.
 
-    Returns:
+    Returns
+    -------
         The estimated size in bytes (for logging or a progress message).
     """
     needed = int(n_rows) * int(n_cols) * int(itemsize) * int(n_matrices)

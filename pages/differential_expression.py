@@ -14,7 +14,7 @@ from dashboard.de_figures import (
     volcano,
 )
 from dashboard.state import get_state
-from engine.analysis.de import FEW_CELLS, MIN_CELLS
+from engine.analysis.de import FEW_CELLS, MIN_CELLS, explain_calls, why_few_calls
 from engine.analysis.wilcoxon import concordance
 
 MODE_HELP = {
@@ -143,6 +143,10 @@ def results_panel() -> None:
     m1.metric("Genes called DE", f"{n_de:,}")
     m2.metric(f"Up in {names[0]}", f"{up:,}")
     m3.metric(f"Up in {names[1]}", f"{n_de - up:,}")
+    st.caption(explain_calls(result.mode, delta=delta, fdr=fdr))
+    reasons = why_few_calls(result, delta=delta, fdr=fdr, n_epochs_trained=run.metrics.get("n_epochs_trained"))
+    if reasons:
+        st.info(f"Only {n_de} genes pass. " + " ".join(reasons), icon=":material/lightbulb:")
 
     # The table is drawn before the volcano and the volcano's click is read from the session state,
     # so the gene just picked is ringed on the volcano in this same run.

@@ -29,10 +29,18 @@ def kang_small_path() -> Path:
 
 
 def shared_file(name: str) -> Path:
-    """A real data set from ../shared/data (present on developer machines and in CI)."""
+    """A real data set from ../shared/data (present on developer machines and in CI).
+
+    A missing file fails the test rather than skipping it, so CI cannot pass without the data.
+    """
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"{path} not found: the shared data folder sits beside the repository")
+        pytest.fail(
+            f"{path} not found: the real data sets are expected in {SHARED_DATA} (by default "
+            "../shared/data, beside the repository); if they live elsewhere, set ATLAS_SHARED_DATA "
+            f"to the folder that holds {name}",
+            pytrace=False,
+        )
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 
 import anndata
@@ -214,18 +213,15 @@ def test_one_gene(tmp_path):
         read_counts(write_h5ad(tmp_path / "g1.h5ad", x, var_names=["CD3E"]))
 
 
-def test_100k_all_zero_columns_fast_and_sparse(tmp_path):
+def test_100k_all_zero_columns_dropped_and_sparse(tmp_path):
     n_cells, n_genes = 50, 100_000
     rng = np.random.default_rng(1)
     rows = np.repeat(np.arange(n_cells), 20)
     cols = rng.integers(0, 30, size=rows.size)  # only the first 30 genes are ever detected
     x = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_cells, n_genes))
     path = write_h5ad(tmp_path / "wide.h5ad", x)
-    start = time.perf_counter()
     adata = read_counts(path)
-    elapsed = time.perf_counter() - start
     n_detected = np.unique(cols).size
     assert adata.shape == (n_cells, n_detected)
     assert adata.uns["atlas_load"]["n_genes_dropped"] == n_genes - n_detected
     assert sparse.issparse(adata.X)
-    assert elapsed < 5.0  # ~0.2 s measured; a dense 50 x 100k path would not be much slower, the sparse check above is the point

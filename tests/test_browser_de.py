@@ -1,5 +1,6 @@
 """A real browser trains a quick run, compares two cell types, clicks a gene on the volcano and sees
-its violins."""
+its violins.
+"""
 
 import re
 

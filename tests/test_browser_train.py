@@ -1,5 +1,6 @@
 """A real browser trains the sample on the Train page, watches the progress bar move, sees the run in
-the history, then loads the same settings from the cache; and cancels a longer run."""
+the history, then loads the same settings from the cache; and cancels a longer run.
+"""
 
 import re
 

@@ -1,10 +1,9 @@
-"""Run cache: hit in < 1 s with an identical latent, atomic folders, corrupt entries, locking, ids."""
+"""Run cache: a hit trains nothing and gives an identical latent, atomic folders, corrupt entries, locking, ids."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 import anndata as ad
 import numpy as np
@@ -38,13 +37,11 @@ def cached(small, tmp_path_factory):
     return cache_dir, run
 
 
-def test_cache_hit_is_fast_identical_and_trains_nothing(small, cached):
+def test_cache_hit_is_identical_and_trains_nothing(small, cached):
     cache_dir, first = cached
     adata = small.copy()
     epochs = []
-    start = time.perf_counter()
     again = fit(adata, params=PARAMS, batch_key="donor", cache_dir=cache_dir, on_epoch=epochs.append)
-    assert time.perf_counter() - start < 1.0
     assert epochs == []
     assert again.run_id == first.run_id == run_id(small, params=PARAMS, batch_key="donor")
     np.testing.assert_array_equal(again.latent, first.latent)

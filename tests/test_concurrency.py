@@ -53,7 +53,8 @@ IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None)
 
 def project_modules() -> list[types.ModuleType]:
     """Every module of engine and dashboard, subpackages included (not the entry script, which is a
-    Streamlit script run per session rather than a module)."""
+    Streamlit script run per session rather than a module).
+    """
     modules = []
     for package in (engine, dashboard):
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
@@ -65,7 +66,8 @@ def project_modules() -> list[types.ModuleType]:
 
 def module_state() -> dict[tuple[str, str], object]:
     """Every module global that could hold data: not a module, function, class, cached function,
-    typing construct or immutable value."""
+    typing construct or immutable value.
+    """
     state = {}
     for module in project_modules():
         for name, value in vars(module).items():
@@ -93,7 +95,8 @@ def test_no_module_global_can_hold_per_user_data():
 @pytest.fixture
 def counted_training(monkeypatch, tmp_path):
     """A fresh run cache and job board; counts trainings per run id. Trainings wait for ``go`` so
-    that every session presses Train while the others' jobs are still running."""
+    that every session presses Train while the others' jobs are still running.
+    """
     monkeypatch.setenv(training.CACHE_ENV, str(tmp_path))
     training.job_board.clear()
     training.load_run.clear()

@@ -14,9 +14,11 @@ from engine.analysis.de import (
     check_groups,
     differential_expression,
     estimate_pseudocount,
+    explain_calls,
     fdr_calls,
     groups_from_obs,
     summarize_lfc,
+    why_few_calls,
     write_de_csv,
 )
 from engine.analysis.wilcoxon import concordance, wilcoxon
@@ -140,6 +142,21 @@ def test_higher_delta_calls_fewer_genes():
     calls = [int(result.table(delta=d, fdr=0.05)["is_de_fdr"].sum()) for d in (0.0, 0.25, 1.0, 3.0)]
     assert calls == sorted(calls, reverse=True)
     assert calls[0] >= 1 and calls[-1] == 0
+
+
+def test_the_page_explains_p_de_and_says_why_few_genes_pass():
+    text = explain_calls("change", delta=0.25, fdr=0.05)
+    assert "1.19-fold" in text and "5%" in text and "false calls" in text
+    assert "more highly expressed" in explain_calls("vanilla", delta=0.25, fdr=0.1)
+    strong = _synthetic_result("change")  # one gene changes 4-fold, 100 cells per group
+    assert why_few_calls(strong, delta=0.25, fdr=0.05, few=1) == []  # enough genes called
+    reasons = why_few_calls(strong, delta=3.0, fdr=0.05, n_epochs_trained=8)
+    assert any("only 8 epochs" in r for r in reasons)
+    assert any("delta is 3" in r and "8.0-fold" in r for r in reasons)
+    assert any("No gene reaches P(DE) 0.95" in r for r in reasons)
+    assert not any("smaller group" in r for r in reasons)  # 100 cells each is enough
+    flat = _synthetic_result("change", fold=1.0)  # nothing changes
+    assert any("may hardly differ" in r for r in why_few_calls(flat, delta=0.25, fdr=0.05, n_epochs_trained=400))
 
 
 def test_table_refuses_bad_thresholds():
@@ -412,19 +429,25 @@ def test_de_with_batch_correction_pairs_draws_of_each_batch(kang_small, tmp_path
     assert "CD79A" in _top_up(kang_small, result.table(), 10)
 
 
+INTERFERON = ("ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "LY6E", "IFI44L", "RSAD2")
+
+
 @pytest.mark.slow
-def test_de_stim_vs_ctrl_finds_interferon_genes():
+def test_de_stim_vs_ctrl_finds_the_interferon_response():
+    """The classic demo (issue 20): with scvi-tools' pseudocount the interferon response leads."""
     adata = ad.read_h5ad(shared_file("kang_pbmc_stim_ctrl_1556x1267.h5ad"))
     adata.layers["counts"] = adata.X.copy()
     torch.set_num_threads(1)
     run = fit(adata, params=RunParams(max_epochs=30, seed=0))
     stim, ctrl = groups_from_obs(adata, groupby="condition", group1="stim", group2="ctrl")
-    table = differential_expression(run, adata, group1=stim, group2=ctrl).table()
-    top = _top_up(adata, table, 10)
-    interferon = {"ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "OAS1", "IFITM3", "LY6E"}
-    assert top[0] in interferon and len(interferon & set(top)) >= 6, top
-    called = set(table.index[table["is_de_fdr"]])  # var_names are symbols in this file
-    assert len(interferon & called) >= 2 and table.loc[list(interferon), "lfc_mean"].min() > 1
+    result = differential_expression(run, adata, group1=stim, group2=ctrl)
+    table = result.table(delta=0.25, fdr=0.05)
+    top15 = list(table.index[:15])  # var_names are symbols in this file; scvi-tools' order (proba_de)
+    assert table["is_de_fdr"].sum() >= 20, table.head(30)
+    assert len(set(INTERFERON) & set(top15)) >= 6, top15
+    assert (table.loc[list(INTERFERON), "lfc_mean"] > 1).all()  # all up in the stimulated cells
+    # the pseudocount is one gene's share of the library, not the largest artefact (issue 20)
+    assert result.pseudocount < 1.0
 
 
 @pytest.mark.slow
@@ -435,7 +458,6 @@ def test_de_b_cells_vs_rest_on_the_12k_sample():
     run = fit(adata, params=RunParams(max_epochs=8, seed=0))
     b_cells, rest = groups_from_obs(adata, groupby="cell_type", group1="B cells", group2="rest")
     table = differential_expression(run, adata, group1=b_cells, group2=rest).table()
-    top = _top_up(adata, table, 20)
-    # A few epochs on 12k cells: the markers lead, though not yet with scVI's full confidence.
-    assert "CD79A" in top[:10] and "CD37" in top, top
-    assert table["is_de_fdr"].sum() >= 3
+    top5 = _symbols(adata, table.head(5))
+    assert {"CD79A", "CD74"} <= set(top5), top5
+    assert table["is_de_fdr"].sum() >= 10

@@ -20,7 +20,8 @@ def de_app(run_cache, kang_small_path):
 @pytest.fixture(scope="module")
 def counted(de_app):
     """Counts calls of the engine's DE while the module's tests run (the page reaches it through
-    dashboard.de), so a test can tell a recomputation from a cache hit."""
+    dashboard.de), so a test can tell a recomputation from a cache hit.
+    """
     calls = []
     original = dede.ede.differential_expression
 
@@ -80,6 +81,12 @@ def test_cell_types_compare_with_a_volcano_and_rethreshold_without_recomputing(d
     stricter = int(_metric(at, "Genes called DE").replace(",", ""))
     assert stricter < strict <= n_de
     assert len(counted) == 1, "moving a threshold recomputed the DE"
+    # what P(DE) and the FDR threshold mean, for the thresholds on the sliders
+    assert any("2.83-fold" in c.value and "FDR target (1%)" in c.value for c in at.caption)
+    # an impossible delta: the page says why so few genes pass and what to try
+    _widget(at.slider, "delta: smallest |LFC| that counts (log2)").set_value(2.0).run()
+    assert int(_metric(at, "Genes called DE").replace(",", "")) < 10
+    assert any("delta is 2" in i.value and "Lower delta" in i.value for i in at.info), [i.value for i in at.info]
     assert not at.exception, at.exception
 
 

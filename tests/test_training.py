@@ -58,7 +58,8 @@ def test_same_seed_same_latent_different_seed_different(small):
 
 def test_threads_do_not_change_the_result_and_are_restored(small):
     """On CPU, torch ops run on one thread and the likelihood kernel on all of them (row chunks
-    computed exactly as one); the caller's thread setting comes back afterwards, also on cancel."""
+    computed exactly as one); the caller's thread setting comes back afterwards, also on cancel.
+    """
     batch, n_batch = codes(small)
     params = RunParams(max_epochs=2, seed=5)
     one = train(small.X, batch, n_batch, params, device="cpu")
@@ -154,7 +155,8 @@ def test_run_params_validation_and_round_trip():
 
 def test_step_threads_leave_other_threads_alone():
     """Training sets torch's threads to 1 on its own thread; another thread (another session's job,
-    the server) must keep its setting, which holds for ATen's OpenMP backend (per-thread setting)."""
+    the server) must keep its setting, which holds for ATen's OpenMP backend (per-thread setting).
+    """
     import threading
 
     from engine.model.training import _step_threads, _threads_are_per_thread

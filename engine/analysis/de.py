@@ -74,6 +74,12 @@ _MIN_PSEUDOCOUNT_FRACTION = 1e-10
 # Cells per group below which a DE is refused, and below which it is flagged as uncertain.
 MIN_CELLS = 3
 FEW_CELLS = 10
+# Fewer genes called than this and the page says why (why_few_calls).
+FEW_CALLS = 10
+# Runs trained for fewer epochs than this have a broad posterior: few genes pass (why_few_calls).
+FEW_EPOCHS = 50
+# Groups smaller than this make uncertain expression estimates (why_few_calls).
+SMALL_GROUP = 50
 # Order statistics kept per gene for re-thresholding: P(LFC > delta) to within 1e-3.
 N_STORED_QUANTILES = 1000
 # Normalised expression is reported per this many counts (scanpy's normalize_total target).
@@ -466,8 +472,57 @@ def estimate_pseudocount(
     return max(floor, max(values) / draws1.shape[1])
 
 
+def explain_calls(mode: Mode, *, delta: float, fdr: float) -> str:
+    """One sentence for the page: what ``proba_de`` and the FDR target mean for these settings."""
+    if mode == "change":
+        what = (f"P(DE) is the model's probability that a gene's expression differs between the groups by "
+                f"more than {2 ** delta:.2f}-fold (|log2 fold change| > {delta:g})")
+    else:
+        what = "P(DE) is the model's probability that a gene is more highly expressed in the group it favours"
+    return (f"{what}; genes are called DE from the most probable down, as long as the expected share of "
+            f"false calls among them stays at or below the FDR target ({fdr:.0%}).")
+
+
+def why_few_calls(
+    result: DEResult, *, delta: float, fdr: float, n_epochs_trained: int | None = None, few: int = FEW_CALLS
+) -> list[str]:
+    """Plain reasons why fewer than ``few`` genes are called at ``delta`` and ``fdr``, each with what
+    to try; empty when enough genes are called. ``n_epochs_trained``: the run's, when known."""
+    table = result.table(delta=delta, fdr=fdr)
+    if int(table["is_de_fdr"].sum()) >= few:
+        return []
+    reasons = []
+    if n_epochs_trained is not None and n_epochs_trained < FEW_EPOCHS:
+        reasons.append(
+            f"The model was trained for only {n_epochs_trained} epochs, so its posterior is still broad "
+            "and few genes reach a high P(DE): train with the automatic number of epochs and run again."
+        )
+    smaller = min(result.n_cells_1, result.n_cells_2)
+    if smaller < SMALL_GROUP:
+        reasons.append(
+            f"The smaller group has only {smaller:,} cells, so the model is unsure of its expression: "
+            "compare larger groups (for example merge clusters) if you can."
+        )
+    if result.mode == "change" and delta >= 1.0:
+        reasons.append(
+            f"delta is {delta:g}: only changes beyond {2 ** delta:.1f}-fold count. Lower delta to see "
+            "smaller changes."
+        )
+    best = float(table["proba_de"].max()) if len(table) else 0.0
+    if best < 1.0 - fdr:
+        reasons.append(
+            f"No gene reaches P(DE) {1.0 - fdr:.2f} (the highest is {best:.2f}): the two groups may hardly "
+            "differ, as two halves of one cell type would."
+        )
+    elif fdr < 0.05:
+        reasons.append(f"The FDR target is strict ({fdr:.0%}): raise it to 5% or 10% to call more genes.")
+    if not reasons:
+        reasons.append("The groups differ in few genes at these thresholds.")
+    return reasons
+
+
 def fdr_calls(proba_de: np.ndarray, *, fdr: float) -> np.ndarray:
-    """scVI's posterior expected FDR procedure: which genes to call DE at target ``fdr``.
+    """ScVI's posterior expected FDR procedure: which genes to call DE at target ``fdr``.
 
     Genes sorted by ``proba_de`` (descending); the first ``k`` are called, ``k`` the number of
     prefixes whose mean of ``1 - proba_de`` (their expected share of false discoveries) is at

@@ -53,7 +53,8 @@ class RunDiagnostics:
 def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
                                seed: int = 0) -> PredictiveCheck:
     """Compare per-gene zero fraction, mean and variance of observed counts with one posterior
-    predictive sample of the same (at most ``n_cells``, seeded random) cells."""
+    predictive sample of the same (at most ``n_cells``, seeded random) cells.
+    """
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(adata.n_obs, min(n_cells, adata.n_obs), replace=False))
     # observed and sampled counts, float32, plus the float64 samples of one minibatch
@@ -77,7 +78,8 @@ def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
 @timed
 def diagnose(run, adata: ad.AnnData, *, n_cells: int = 1000, seed: int = 0) -> RunDiagnostics:
     """Held-out ELBO parts (on the run's validation cells when known), latent activity and, for
-    count likelihoods, a posterior predictive check."""
+    count likelihoods, a posterior predictive check.
+    """
     parts = heldout_elbo(run, adata)
     check = (posterior_predictive_check(run, adata, n_cells=n_cells, seed=seed)
              if run.params.likelihood in COUNT_LIKELIHOODS else None)

@@ -186,7 +186,7 @@ def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_m
 
 
 def knn_distance_matrix(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
-    """kNN distances as CSR without the self-edges, as scanpy stores ``obsp["distances"]``."""
+    """KNN distances as CSR without the self-edges, as scanpy stores ``obsp["distances"]``."""
     n, k = indices.shape
     rows = np.repeat(np.arange(n), k - 1)
     matrix = sp.csr_matrix(

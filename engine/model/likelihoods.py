@@ -111,7 +111,8 @@ def _digamma(y: torch.Tensor) -> torch.Tensor:
 def _softplus(y: torch.Tensor) -> torch.Tensor:
     """``softplus(y) = max(y, 0) + log(1 + exp(-|y|))`` with vectorised exp/log (2x torch's CPU
     softplus); ``log(1 + e)`` for ``e <= 1`` is off by less than 1.2e-7 in float32, far below what a
-    per-cell sum over genes resolves. ``sigmoid(y) = exp(y - softplus(y))`` reuses it."""
+    per-cell sum over genes resolves. ``sigmoid(y) = exp(y - softplus(y))`` reuses it.
+    """
     return y.abs().neg_().exp_().add_(1.0).log_().add_(y.clamp_min(0.0))
 
 

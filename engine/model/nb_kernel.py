@@ -96,7 +96,8 @@ def _exp(x):
 @numba.njit(inline="always", fastmath=set(_ELEMENTWISE))
 def _log(x):
     """``log(x)`` in float32 (Cephes logf) for normal ``x > 0``; NaN, inf, 0 and negative ``x`` give
-    what ``log`` gives (denormals are read as if normal)."""
+    what ``log`` gives (denormals are read as if normal).
+    """
     bits = _bits(x)
     e = (bits >> np.int32(23)) - np.int32(127)
     m = _float((bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000))  # mantissa in [1, 2)
@@ -126,7 +127,8 @@ def _log(x):
 @numba.njit(inline="always", fastmath=set(_ELEMENTWISE))
 def _log1p(u):
     """``log(1 + u)`` for ``u >= 0``: a series below 0.1 (where ``1 + u`` would lose digits of ``u``;
-    truncation error below 1e-9 relative), :func:`_log` above."""
+    truncation error below 1e-9 relative), :func:`_log` above.
+    """
     series = u * (_F(1.0) - u * (_F(1 / 2) - u * (_F(1 / 3) - u * (_F(1 / 4) - u * (_F(1 / 5) - u * (
         _F(1 / 6) - u * (_F(1 / 7) - u * _F(1 / 8))))))))  # fmt: skip
     return series if u < _F(0.1) else _log(_F(1.0) + u)
@@ -135,7 +137,8 @@ def _log1p(u):
 @numba.njit(inline="always")
 def _digamma(y):
     """``digamma(y)`` for ``y > 0`` in float64: six steps of ``digamma(y) = digamma(y + 1) - 1 / y``,
-    then the asymptotic series at ``y + 6 >= 6`` (error below 1e-10; a fixed count, so NaN ends too)."""
+    then the asymptotic series at ``y + 6 >= 6`` (error below 1e-10; a fixed count, so NaN ends too).
+    """
     shift = 0.0
     for _ in range(6):
         shift -= 1.0 / y
@@ -181,7 +184,8 @@ def csr_indptr(rows, n_rows, indptr):
 @_loop
 def gamma_tables(theta, log_table, inv_table):
     """``log_table[k - 1, g] = sum_{j<k} log(theta_g + j)`` (= lgamma(theta + k) - lgamma(theta)) and
-    ``inv_table[k - 1, g] = sum_{j<k} 1 / (theta_g + j)`` (the digamma difference), k = 1..K."""
+    ``inv_table[k - 1, g] = sum_{j<k} 1 / (theta_g + j)`` (the digamma difference), k = 1..K.
+    """
     acc_log = np.zeros(theta.shape[0], dtype=np.float32)
     acc_inv = np.zeros(theta.shape[0], dtype=np.float32)
     for j in range(log_table.shape[0]):
@@ -222,7 +226,8 @@ def _zinb_zero(soft, scale, theta_row, zi_row, val, dlm, dth, dzi, log_sig, g0, 
     d/dlog mu (``dl0``) and d/dtheta (``dth0``); ``soft`` becomes mu.
 
     The softplus terms take ``log(1 + e)`` for ``e = exp(-|y|) <= 1`` (absolute error below 1.2e-7,
-    far below what a per-cell sum resolves); ``log1p(mu / theta)`` needs the accurate series."""
+    far below what a per-cell sum resolves); ``log1p(mu / theta)`` needs the accurate series.
+    """
     for g in range(soft.shape[0]):
         th = theta_row[g]
         inv_te = _F(1.0) / (th + _EPS)

@@ -196,7 +196,8 @@ class RunParams:
 
     def relevant(self, *, has_batch: bool) -> dict[str, Any]:
         """The options that change the trained model (the run cache's key): those the chosen model
-        ignores are left out, so changing them does not make a new run."""
+        ignores are left out, so changing them does not make a new run.
+        """
         values = self.to_dict()
         if self.likelihood not in DISPERSED_LIKELIHOODS:
             values.pop("dispersion")

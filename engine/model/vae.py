@@ -451,7 +451,8 @@ class VAE(nn.Module):
 
     def kl_z(self, inf: InferenceOutputs) -> torch.Tensor:
         """KL(q(z|x) || p(z)) per cell: closed form for the normal prior, one Monte-Carlo sample
-        (the z already drawn) for the Gaussian-mixture prior."""
+        (the z already drawn) for the Gaussian-mixture prior.
+        """
         m, v = inf.qz_mean, inf.qz_var
         if self.params.prior == "normal":
             return 0.5 * (v + m * m - 1.0 - torch.log(v)).sum(-1)
@@ -479,7 +480,8 @@ class VAE(nn.Module):
         self, mb: Minibatch, *, generator: torch.Generator | None = None, threads: int | None = None
     ) -> LossParts:
         """One pass ``inference -> generative -> loss`` with a single posterior sample (``threads``: see
-        :meth:`reconstruction`)."""
+        :meth:`reconstruction`).
+        """
         inf = self.inference(mb, generator=generator)
         gen = self.generative(inf.z, inf.library_log, mb.batch_index, generator=generator)
         rec = self.reconstruction(mb, gen, threads=threads)

@@ -60,7 +60,8 @@ def _write_metrics(adata: AnnData, mt: np.ndarray) -> None:
 class QCThresholds:
     """Which cells and genes to keep.
 
-    Attributes:
+    Attributes
+    ----------
         min_genes: a cell needs at least this many detected genes.
         min_cells: a gene needs to be detected in at least this many of the kept cells.
         max_pct_mt: a cell may have at most this percentage of counts in mitochondrial genes.
@@ -132,7 +133,8 @@ def apply_filters(adata: AnnData, thresholds: QCThresholds) -> AnnData:
     highly-variable-gene results are dropped (they depend on the cells; recompute them), and
     ``uns["atlas_qc"]`` records the thresholds and how many cells and genes were removed.
 
-    Raises:
+    Raises
+    ------
         ValueError: fewer than 2 cells or 2 genes would remain; the message names the threshold.
     """
     cells, genes = filter_masks(adata, thresholds)

@@ -138,7 +138,8 @@ def set_display_names(adata: AnnData, *, column: str | None) -> None:
 def display_source(adata: AnnData, *, column: str | None) -> pd.Index:
     """The gene names ``column`` would show, before making them unique (``var_names`` if None).
 
-    Raises:
+    Raises
+    ------
         ValueError: ``column`` is not a column of ``var``; the message lists the columns.
     """
     if column is None:

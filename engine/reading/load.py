@@ -84,7 +84,8 @@ def read_counts(
         symbol_column: the ``var`` column holding the gene names to show. ``None`` picks the best
             candidate (``gene_symbol``, ``feature_name`` ...) or falls back to ``var_names``.
 
-    Returns:
+    Returns
+    -------
         AnnData with ``X`` and ``layers["counts"]`` the same CSR float32 counts matrix, ``obs``
         from the file, ``var["display_name"]`` (unique readable gene names) and the load report in
         ``uns["atlas_load"]`` (format, counts_source, orientation, transposed, n_cells_dropped,
@@ -92,7 +93,8 @@ def read_counts(
         symbol_candidates, messages). Other layers, ``.raw``, ``obsm``, ``varm``, ``obsp`` and
         ``uns`` of the file are not kept: everything downstream starts from the counts.
 
-    Raises:
+    Raises
+    ------
         ValueError: unsupported, empty, truncated or corrupt file; no matrix holding raw counts
             (the message names what was found, e.g. log-transformed values); fewer than 2 cells or
             2 genes with any counts.
@@ -180,7 +182,8 @@ def read_counts(
 class DatasetSummary:
     """The numbers the data page shows about a loaded dataset.
 
-    Attributes:
+    Attributes
+    ----------
         n_cells, n_genes: matrix shape.
         sparsity: fraction of zero entries in the counts.
         counts_source: where the counts came from (``"X"``, ``"layers['counts']"`` or ``"raw"``).

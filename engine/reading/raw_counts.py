@@ -30,7 +30,8 @@ _LOG_SCALE_MAX = 20.0
 class CountsCheck:
     """What a matrix holds.
 
-    Attributes:
+    Attributes
+    ----------
         kind: ``"counts"`` for non-negative finite integers; otherwise the first problem found.
         message: one plain-English sentence saying what was found and, when not counts, what to do.
     """

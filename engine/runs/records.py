@@ -159,7 +159,8 @@ def data_hash(adata: AnnData) -> str:
 
 def cells_hash(adata: AnnData) -> str:
     """Hash of the cell names in order: tells which runs were trained on exactly these cells
-    (whatever genes they used), so their latent lines up with ``adata``'s rows."""
+    (whatever genes they used), so their latent lines up with ``adata``'s rows.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(list(map(str, adata.obs_names))).encode())
     return h.hexdigest()
@@ -268,8 +269,8 @@ def training_marker(
 ) -> Iterator[None]:
     """Note in ``cache_dir`` that ``run_id`` is training; the note goes when the block ends, however
     it ends, unless the process is killed: then :func:`interrupted_runs` finds it. Hold
-    :func:`run_lock` around it (``fit`` does), so a live trainer is told from a dead one."""
-
+    :func:`run_lock` around it (``fit`` does), so a live trainer is told from a dead one.
+    """
     path = _marker(Path(cache_dir), run_id)
     note = {"run_id": run_id, "data_hash": data_hash_, "batch_key": batch_key,
             "params": params.to_dict(), "n_cells": int(n_cells), "pid": os.getpid(),
