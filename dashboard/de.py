@@ -17,6 +17,7 @@ import streamlit as st
 
 from dashboard import explore
 from dashboard.state import AppState
+from dashboard.summary import grouping_columns
 from dashboard.training import load_run
 from engine.analysis import de as ede
 from engine.analysis import wilcoxon as ewilcoxon
@@ -26,7 +27,6 @@ CLUSTERS = "Leiden clusters"
 LASSO = "Lasso groups"
 REST = "rest"
 # obs columns with more values than this are not offered as groups (cell ids, barcodes).
-MAX_GROUPS = 200
 _SESSION_KEY = "de_session"
 
 
@@ -100,10 +100,8 @@ def label_columns(state: AppState, run) -> dict[str, pd.Series]:
     """
     filtered = state.filtered
     columns = {CLUSTERS: explore.cluster_labels(state, run, filtered).astype(str)}
-    for name, column in filtered.obs.items():
-        categorical = isinstance(column.dtype, pd.CategoricalDtype) or column.dtype in (object, bool)
-        if categorical and 2 <= column.nunique(dropna=True) <= MAX_GROUPS:
-            columns[str(name)] = column.astype(str)
+    for name in grouping_columns(filtered):
+        columns[name] = filtered.obs[name].astype(str)
     return columns
 
 

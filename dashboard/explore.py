@@ -31,6 +31,7 @@ from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
 from engine.analysis import embedding as eemb
 from engine.analysis import neighbors as enb
+from engine.preprocessing.normalize import TARGET_SUM, log_normalized
 
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
@@ -232,10 +233,8 @@ def _library_sizes(key: str, _filtered: ad.AnnData) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _observed(key: str, gene: int, _filtered: ad.AnnData) -> np.ndarray:
-    column = _counts(_filtered)[:, gene].toarray().ravel().astype(np.float64)
-    library = _library_sizes(key, _filtered)
-    per_10k = np.divide(column * 1e4, library, out=np.zeros_like(column), where=library > 0)
-    return np.log1p(per_10k).astype(np.float32)
+    column = _counts(_filtered)[:, [gene]]
+    return log_normalized(column, library=_library_sizes(key, _filtered)).toarray().ravel().astype(np.float32)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -250,7 +249,7 @@ def _denoised(run_id: str, key: str, gene: str, _run, _filtered: ad.AnnData) -> 
     for start in range(0, adata.n_obs, DENOISE_CHUNK):
         cells = np.arange(start, min(start + DENOISE_CHUNK, adata.n_obs))
         draws = normalized_expression(_run, adata, indices=cells, n_samples=DENOISED_SAMPLES,
-                                      library_size=1e4, seed=SEED)
+                                      library_size=TARGET_SUM, seed=SEED)
         out[cells] = np.asarray(draws)[:, :, column].mean(axis=0)
     return np.log1p(out).astype(np.float32)
 

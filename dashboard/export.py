@@ -26,12 +26,12 @@ import plotly.io as pio
 import scipy.sparse as sp
 
 from engine.analysis import de as ede
+from engine.preprocessing.normalize import TARGET_SUM, log_normalized
 from engine.runs.fit import write_to_adata
 
 ImageFormat = Literal["png", "svg"]
 GeneSet = Literal["run", "all"]
 # Normalised total per cell of X in the export (scanpy's normalize_total target_sum).
-TARGET_SUM = 1e4
 # Figure size of static images, in CSS pixels (PNG is rendered at 2x for sharpness).
 IMAGE_WIDTH, IMAGE_HEIGHT, PNG_SCALE = 1000, 650, 2
 
@@ -80,7 +80,7 @@ def export_anndata(
     if genes == "all":
         var["used_by_run"] = var.index.isin(run_genes)
     out = ad.AnnData(
-        X=_log_normalized(counts, sp.csr_matrix(filtered.layers["counts"])),
+        X=log_normalized(counts, library=np.asarray(filtered.layers["counts"].sum(axis=1)).ravel()).astype(np.float32),
         obs=filtered.obs.copy(),
         var=var,
         layers={"counts": counts},
@@ -147,16 +147,6 @@ def run_bundle(run) -> bytes:
             if file.is_file():
                 archive.write(file, arcname=f"{run.run_id}/{file.name}")
     return buffer.getvalue()
-
-
-def _log_normalized(counts: sp.csr_matrix, all_counts: sp.csr_matrix) -> sp.csr_matrix:
-    """log1p(counts / library * TARGET_SUM), the library summed over every filtered gene."""
-    totals = np.asarray(all_counts.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    x = sp.diags(scale.astype(np.float32)) @ counts
-    x = sp.csr_matrix(x, dtype=np.float32)
-    x.data = np.log1p(x.data)
-    return x
 
 
 def _natural(label: str) -> tuple[int, int | str]:

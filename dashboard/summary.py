@@ -9,8 +9,10 @@ import streamlit as st
 from dashboard.state import Dataset
 from engine.reading import load as eio
 
-# A column with more distinct values than this is not offered for splitting plots or as a batch.
+# Obs columns with more distinct values than these are not offered as groups (to compare, to split
+# plots by) or as a batch key (donors, samples, lanes: an atlas can have hundreds).
 MAX_GROUPS = 100
+MAX_BATCHES = 1000
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -31,15 +33,25 @@ def obs_columns_table(summary: eio.DatasetSummary) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["column", "type", "categories"])
 
 
-def grouping_columns(adata: ad.AnnData) -> list[str]:
-    """Obs columns that make sensible groups: categorical or text with 2 to MAX_GROUPS values.
+def categorical_columns(adata: ad.AnnData, *, max_values: int, min_values: int = 2) -> list[str]:
+    """Obs columns of labels (categorical, text or bool) with ``min_values`` to ``max_values`` values.
 
-    QC metrics that the app computes (numbers per cell) are never groups.
+    The one test of "is this column a grouping of the cells": numbers per cell (QC metrics, doses)
+    never are.
     """
     out = []
-    for name, col in adata.obs.items():
-        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
-            n = col.nunique(dropna=True)
-            if 2 <= n <= MAX_GROUPS:
+    for name, column in adata.obs.items():
+        if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype in (object, bool):
+            if min_values <= column.nunique(dropna=True) <= max_values:
                 out.append(str(name))
     return out
+
+
+def grouping_columns(adata: ad.AnnData) -> list[str]:
+    """Obs columns that make sensible groups to compare or split plots by."""
+    return categorical_columns(adata, max_values=MAX_GROUPS)
+
+
+def batch_columns(adata: ad.AnnData) -> list[str]:
+    """Obs columns offered as a batch key."""
+    return categorical_columns(adata, max_values=MAX_BATCHES, min_values=1)

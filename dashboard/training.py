@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
-import pandas as pd
 import streamlit as st
 
 from dashboard.jobs import JobBoard, TrainingJob
@@ -51,16 +50,6 @@ class TrainingCheck:
     batch_key: str | None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def batch_columns(adata: ad.AnnData) -> list[str]:
-    """Obs columns offered as a batch key: categorical or text columns with at most 1,000 values."""
-    out = []
-    for name, col in adata.obs.items():
-        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
-            if col.nunique(dropna=True) <= 1000:
-                out.append(str(name))
-    return out
 
 
 def check_training(adata: ad.AnnData, *, params: RunParams, batch_key: str | None) -> TrainingCheck:

@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import run_comparison, training
 from dashboard.figures import elbo_curve
 from dashboard.state import get_state
+from dashboard.summary import batch_columns
 from dashboard.train_form import TrainForm, history_frame, option_inputs, runs_table
 
 state = get_state()
@@ -23,7 +24,7 @@ with st.form("train_form", border=True):
     st.subheader("Settings")
     c1, c2, c3 = st.columns(3)
     chosen = option_inputs([c1, c2], "main")
-    batch_options = ["(none)"] + training.batch_columns(filtered)
+    batch_options = ["(none)"] + batch_columns(filtered)
     batch = c3.selectbox("Batch key", batch_options,
                          help="Cells from different batches (samples, donors, technologies) are "
                               "aligned in the latent space.")

@@ -27,6 +27,7 @@ from scipy.io import mmwrite
 from streamlit.testing.v1 import AppTest
 
 from dashboard import training
+from dashboard.summary import batch_columns
 from dashboard.train_form import TrainForm
 from engine.analysis import de as ede
 from engine.model.params import RunParams
@@ -282,8 +283,8 @@ def float_batch_data(kang_small_path) -> ad.AnnData:
 
 def test_batch_column_of_floats_is_not_offered_and_missing_labels_refused(kang_small_path):
     adata = float_batch_data(kang_small_path)
-    assert "dose" not in training.batch_columns(adata)  # 100s of float values: not a batch
-    assert "donor" in training.batch_columns(adata)
+    assert "dose" not in batch_columns(adata)  # 100s of float values: not a batch
+    assert "donor" in batch_columns(adata)
     adata.obs.loc[adata.obs_names[:4], "dose"] = np.nan
     check = training.check_training(adata, params=RunParams(), batch_key="dose")
     assert check.errors and "'dose' has 4 cells with no value" in check.errors[0]

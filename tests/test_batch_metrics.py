@@ -55,7 +55,7 @@ def test_without_labels_batch_silhouette_over_all_cells():
 
 def test_bad_keys_say_what_to_do():
     adata = _synthetic(False)
-    with pytest.raises(ValueError, match=r"obs\['tech'\] not found"):
+    with pytest.raises(ValueError, match="batch 'tech' is not a column of adata.obs; available: batch, label"):
         batch_mixing(adata, rep="X_rep", batch_key="tech", label_key=None)
     with pytest.raises(ValueError, match=r"obsm\['X_scVI'\] not found"):
         batch_mixing(adata, rep="X_scVI", batch_key="batch", label_key=None)

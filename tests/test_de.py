@@ -228,7 +228,7 @@ def test_groups_from_obs_rest_and_within(kang_small):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"groupby": "nope", "group1": "B cells", "group2": "rest"}, "no column 'nope'.*cell_type"),
+        ({"groupby": "nope", "group1": "B cells", "group2": "rest"}, "'nope' is not a column of adata.obs; available: .*cell_type"),
         ({"groupby": "cell_type", "group1": "B cels", "group2": "rest"}, "no value 'B cels'.*'B cells'"),
         ({"groupby": "cell_type", "group1": "B cells", "group2": "Plasma"}, "no value 'Plasma'"),
         ({"groupby": "cell_type", "group1": "B cells", "group2": "B cells"}, "two different groups"),
@@ -323,6 +323,43 @@ def test_wilcoxon_handles_dense_counts_and_refuses_overlap(kang_small):
     )
     with pytest.raises(ValueError, match="share"):
         wilcoxon(kang_small, group1=g1, group2=g1)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 50])
+def test_wilcoxon_matches_scipy_on_a_wide_matrix_with_many_ties(monkeypatch, chunk_size):
+    """Every gene of a wide sparse matrix whose cells share a few totals, so values tie often."""
+    if chunk_size is not None:  # many small sorts, and genes wider than a chunk
+        monkeypatch.setattr("engine.analysis.wilcoxon._CHUNK_SIZE", chunk_size)
+    rng = np.random.default_rng(7)
+    n_cells, n_genes = 180, 3000
+    group1 = rng.random(n_cells) < 0.3
+    group2 = ~group1 & (rng.random(n_cells) < 0.9)  # some cells in neither group
+    counts = rng.poisson(rng.gamma(0.3, 1.0, n_genes), size=(n_cells, n_genes)).astype(np.float32)
+    counts[:, 0] = 0  # never expressed
+    counts[:, 1] = rng.integers(1, 4, n_cells)  # expressed in every cell
+    counts[:, 2] = 0
+    counts[np.flatnonzero(group2)[0], 2] = 2  # in one cell
+    # A last gene tops every cell up to one of three totals: equal counts give equal values.
+    totals = rng.choice([4096, 8192, 16384], n_cells)  # exact scale factors, as in the reference below
+    counts[:, -1] = totals - counts[:, :-1].sum(axis=1)
+    assert (counts[:, -1] > 0).all()
+    adata = ad.AnnData(X=scipy.sparse.csr_matrix(counts))
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    table = wilcoxon(adata, group1=group1, group2=group2).loc[adata.var_names]
+
+    logn = np.log1p(counts.astype(np.float64) / counts.sum(axis=1, keepdims=True) * 1e4)
+    reference = scipy.stats.mannwhitneyu(logn[group1], logn[group2], method="asymptotic", axis=0)
+    constant = np.ptp(logn[group1 | group2], axis=0) == 0  # all tied: score 0, p-value 1
+    assert constant[0] and not constant[1:3].any()
+    assert (table["score"].to_numpy()[constant] == 0).all() and (table["pvalue"].to_numpy()[constant] == 1).all()
+    np.testing.assert_allclose(table["pvalue"].to_numpy()[~constant], reference.pvalue[~constant], rtol=1e-9, atol=0)
+    excess = reference.statistic - group1.sum() * group2.sum() / 2
+    clear = ~constant & (np.abs(excess) > 0.5)
+    assert (np.sign(table["score"].to_numpy()[clear]) == np.sign(excess[clear])).all()
+    mean1, mean2 = logn[group1].mean(axis=0), logn[group2].mean(axis=0)
+    np.testing.assert_allclose(
+        table["logfoldchange"], np.log2((np.expm1(mean1) + 1e-9) / (np.expm1(mean2) + 1e-9)), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_concordance_of_identical_and_reversed_rankings():

@@ -65,7 +65,7 @@ def test_hvg_batch_aware_on_pancreas_two_technologies():
 
 
 def test_hvg_says_what_to_do(kang):
-    with pytest.raises(ValueError, match="batch_key 'sample' is not a column of obs"):
+    with pytest.raises(ValueError, match="batch_key 'sample' is not a column of adata.obs"):
         highly_variable_genes(kang, batch_key="sample")
     with pytest.raises(ValueError, match="whole number"):
         highly_variable_genes(kang, n_top_genes=0)

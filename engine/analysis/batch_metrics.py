@@ -13,6 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from engine.analysis.neighbors import exact_knn, representation
+from engine.checks import obs_column
 from engine.logs import timed
 
 MAX_SILHOUETTE_CELLS = 5000
@@ -53,13 +54,7 @@ class BatchMetrics:
 
 
 def _codes(adata: AnnData, key: str, role: str) -> np.ndarray:
-    if key not in adata.obs:
-        raise ValueError(
-            f"obs['{key}'] not found (the {role} column): pick one of {', '.join(adata.obs.columns)}"
-        )
-    values = adata.obs[key]
-    if values.isna().any():
-        raise ValueError(f"obs['{key}'] has missing values: fill or drop those cells first")
+    values = obs_column(adata, key, role=role, allow_missing=False)
     return np.unique(values.astype(str).to_numpy(), return_inverse=True)[1]
 
 

@@ -57,8 +57,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from engine.checks import obs_column
 from engine.logs import timed
 from engine.memory import check_dense_size
+from engine.preprocessing.normalize import TARGET_SUM
 
 if TYPE_CHECKING:
     from engine.runs.records import Run
@@ -82,8 +84,6 @@ FEW_EPOCHS = 50
 SMALL_GROUP = 50
 # Order statistics kept per gene for re-thresholding: P(LFC > delta) to within 1e-3.
 N_STORED_QUANTILES = 1000
-# Normalised expression is reported per this many counts (scanpy's normalize_total target).
-LIBRARY_SIZE = 1e4
 # Genes processed at once when turning draws into fold changes: bounds memory for 15k+ genes.
 _GENE_CHUNK = 128
 
@@ -112,7 +112,7 @@ class DEResult:
     """Posterior fold-change distributions of one two-group comparison, ready to threshold.
 
     Per-gene arrays have one entry per gene, in ``var_names`` order. Normalised expression is in
-    counts per 10,000 (``LIBRARY_SIZE``); fold changes are log2.
+    counts per 10,000 (``TARGET_SUM``); fold changes are log2.
     """
 
     var_names: pd.Index
@@ -291,7 +291,7 @@ def differential_expression(
                 adata,
                 indices=cells,
                 n_samples=per_cell,
-                library_size=LIBRARY_SIZE,
+                library_size=TARGET_SUM,
                 transform_batch=batch,
                 seed=int(rng.integers(2**31 - 1)),
             ).reshape(-1, counts.shape[1])
@@ -449,7 +449,7 @@ def estimate_pseudocount(
     not_expressed_2: np.ndarray,
     *,
     quantile: float = 0.9,
-    library_size: float = LIBRARY_SIZE,
+    library_size: float = TARGET_SUM,
 ) -> float:
     """The pseudocount added to rho before the log: scvi-tools 1.4.2's ``estimate_pseudocounts_offset``.
 
@@ -688,11 +688,7 @@ def _fraction_expressing(counts: sp.csr_matrix, mask: np.ndarray) -> np.ndarray:
 
 
 def _obs_labels(adata: ad.AnnData, column: str) -> np.ndarray:
-    if column not in adata.obs.columns:
-        raise ValueError(
-            f"adata.obs has no column {column!r}; available: {', '.join(map(str, adata.obs.columns))}"
-        )
-    return adata.obs[column].astype(str).to_numpy()
+    return obs_column(adata, column).astype(str).to_numpy()
 
 
 def _check_value(labels: np.ndarray, column: str, value: str) -> None:

@@ -20,6 +20,7 @@ from anndata import AnnData
 
 from engine.analysis.neighbors import representation
 from engine.logs import timed
+from engine.preprocessing.normalize import log_normalized
 
 _NEGATIVE_SAMPLE_RATE = 5
 _SPREAD = 1.0
@@ -233,11 +234,7 @@ def pca_uncorrected(
     max_comps = min(adata.n_obs, adata.n_vars) - 1
     if not 1 <= n_comps <= max_comps:
         raise ValueError(f"n_comps={n_comps} must be between 1 and {max_comps} for this data")
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    totals = np.asarray(counts.sum(axis=1)).ravel()
-    totals[totals == 0] = 1.0
-    lognorm = sp.diags(1e4 / totals) @ counts
-    lognorm.data = np.log1p(lognorm.data)
+    lognorm = log_normalized(counts)
 
     from sklearn.decomposition import PCA
 

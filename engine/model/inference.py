@@ -16,7 +16,8 @@ import torch
 from anndata import AnnData
 
 from engine.model.training import evaluate
-from engine.model.vae import GAUSSIAN_SCALE, VAE, Minibatch, iterate_minibatches
+from engine.model.vae import EVAL_BATCH_SIZE, VAE, Minibatch, iterate_minibatches
+from engine.preprocessing.normalize import TARGET_SUM
 from engine.runs.records import Run, counts_matrix
 
 __all__ = [
@@ -105,7 +106,7 @@ def _encode(module: VAE, mb: Minibatch):
     return module.inference(mb, sample=False)
 
 
-def posterior_means(module: VAE, counts: sp.csr_matrix, codes: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+def posterior_means(module: VAE, counts: sp.csr_matrix, codes: np.ndarray, *, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Posterior mean of z for every row of ``counts`` (module in eval mode)."""
     module.eval()
     out = []
@@ -117,7 +118,7 @@ def posterior_means(module: VAE, counts: sp.csr_matrix, codes: np.ndarray, *, ba
     return np.concatenate(out)
 
 
-def latent_mean(run: Run, adata: AnnData, *, batch_size: int = 1024) -> np.ndarray:
+def latent_mean(run: Run, adata: AnnData, *, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Posterior mean of z per cell, ``(n_cells, n_latent)`` float32."""
     counts, codes = run_inputs(run, adata)
     return posterior_means(run.module, counts, codes, batch_size=batch_size)
@@ -131,7 +132,7 @@ def sample_latent(run: Run, adata: AnnData, *, n_samples: int = 1, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     out = []
     with torch.inference_mode():
-        for mb in _minibatches(module, counts, codes, np.arange(counts.shape[0]), 1024):
+        for mb in _minibatches(module, counts, codes, np.arange(counts.shape[0]), EVAL_BATCH_SIZE):
             inf = _encode(module, mb)
             noise = torch.randn((n_samples, *inf.qz_mean.shape), generator=generator)
             out.append((inf.qz_mean + inf.qz_var.sqrt() * noise).numpy())
@@ -144,10 +145,10 @@ def normalized_expression(
     *,
     indices: np.ndarray | None = None,
     n_samples: int = 1,
-    library_size: float = 1e4,
+    library_size: float = TARGET_SUM,
     transform_batch: str | None = None,
     seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> np.ndarray:
     """Posterior samples of ``rho * library_size``, ``(n_samples, n_cells_selected, n_genes)`` float32.
 
@@ -190,7 +191,7 @@ def heldout_elbo(run: Run, adata: AnnData, *, indices: np.ndarray | None = None)
     cells = _select(adata.n_obs, indices)
     if len(cells) == 0:
         raise ValueError("heldout_elbo needs at least one cell")
-    mbs = list(_minibatches(run.module, counts, codes, cells, 1024))
+    mbs = list(_minibatches(run.module, counts, codes, cells, EVAL_BATCH_SIZE))
     elbo, rec, kl = evaluate(run.module, mbs, torch.Generator().manual_seed(0))
     return ElboParts(elbo=elbo, reconstruction=rec, kl=kl)
 
@@ -226,7 +227,7 @@ def posterior_predictive(
     out = np.empty((n_samples, len(cells), len(run.var_names)), dtype=np.float32)
     start = 0
     with torch.inference_mode():
-        for mb in _minibatches(module, counts, codes, cells, max(1, 1024 // n_samples)):
+        for mb in _minibatches(module, counts, codes, cells, max(1, EVAL_BATCH_SIZE // n_samples)):
             n = mb.n_cells
             inf = _encode(module, mb)
             z = inf.qz_mean + inf.qz_var.sqrt() * torch.randn((n_samples, *inf.qz_mean.shape), generator=generator)
@@ -244,7 +245,7 @@ def posterior_predictive(
 
 def _sample_likelihood(likelihood: str, gen, rng: np.random.Generator) -> np.ndarray:
     if likelihood == "gaussian":
-        mean = np.log1p(np.exp(gen.log_rho.double().numpy()) * GAUSSIAN_SCALE)
+        mean = np.log1p(np.exp(gen.log_rho.double().numpy()) * TARGET_SUM)
         return mean + np.sqrt(gen.var.double().numpy()) * rng.standard_normal(mean.shape)
     mu = gen.mu.double().numpy()
     if likelihood in ("nb", "zinb"):

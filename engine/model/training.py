@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from engine.model.params import RunParams
-from engine.model.vae import VAE, CellConstants, Minibatch, iterate_minibatches
+from engine.model.vae import EVAL_BATCH_SIZE, VAE, CellConstants, Minibatch, iterate_minibatches
 
 __all__ = [
     "EpochReport",
@@ -45,7 +45,6 @@ __all__ = [
 ADAM_EPS = 0.01
 WEIGHT_DECAY = 1e-6
 # Batch size of the validation pass (no gradients, so larger is cheaper).
-VALIDATION_BATCH_SIZE = 1024
 # A final minibatch smaller than this is skipped: BatchNorm statistics of 1-2 cells are meaningless.
 MIN_MINIBATCH = 3
 
@@ -249,7 +248,7 @@ def _train_once(
     )
     constants = CellConstants.of(counts)
     validation = list(
-        iterate_minibatches(counts, batch_index, val_idx, VALIDATION_BATCH_SIZE, device, constants=constants)
+        iterate_minibatches(counts, batch_index, val_idx, EVAL_BATCH_SIZE, device, constants=constants)
     )
     history: list[EpochReport] = []
     best_elbo, best_epoch, best_state = -math.inf, 0, None

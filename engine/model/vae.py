@@ -34,6 +34,7 @@ from torch import nn
 
 from engine.model.likelihoods import log_normal, sparse_nb_log_likelihood
 from engine.model.params import DISPERSED_LIKELIHOODS, RunParams
+from engine.preprocessing.normalize import TARGET_SUM
 
 __all__ = [
     "CellConstants",
@@ -47,8 +48,8 @@ __all__ = [
 
 # Minimum variance of q(z|x) and q(l|x), as scvi-tools' Encoder.var_eps: keeps log-variances finite.
 VAR_EPS = 1e-4
-# Scale of the library-normalised data the gaussian likelihood sees: log1p(x / library * 1e4).
-GAUSSIAN_SCALE = 1e4
+# Cells per minibatch when nothing is learned (validation, inference): bounds memory, not statistics.
+EVAL_BATCH_SIZE = 1024
 # Floor of the learned per-gene variance of the gaussian likelihood.
 GAUSSIAN_VAR_EPS = 1e-4
 # Minibatches prepared together: amortises numpy/torch call overhead, bounds memory on big data.
@@ -423,9 +424,9 @@ class VAE(nn.Module):
         """
         lik = self.params.likelihood
         if lik == "gaussian":
-            scaled = mb.nz_values / torch.exp(mb.library_log[mb.nz_rows]) * GAUSSIAN_SCALE
+            scaled = mb.nz_values / torch.exp(mb.library_log[mb.nz_rows]) * TARGET_SUM
             observed = mb.dense(torch.log1p(scaled))
-            mean = torch.log1p(torch.exp(gen.log_rho) * GAUSSIAN_SCALE)
+            mean = torch.log1p(torch.exp(gen.log_rho) * TARGET_SUM)
             return log_normal(observed, mean, gen.var).sum(-1)
         rows, cols, x = mb.nz_rows, mb.nz_cols, mb.nz_values
         if lik in ("nb", "zinb"):  # one fused pass with analytic gradients (engine.model.likelihoods)

@@ -13,6 +13,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from engine.checks import obs_column
+
 __all__ = ["highly_variable_genes"]
 
 
@@ -71,11 +73,7 @@ def highly_variable_genes(adata: AnnData, *, n_top_genes: int = 2000, batch_key:
 def _check_batches(adata: AnnData, batch_key: str | None) -> None:
     if batch_key is None:
         return
-    if batch_key not in adata.obs.columns:
-        raise ValueError(
-            f"batch_key {batch_key!r} is not a column of obs. Choose one of {list(adata.obs.columns)} or None."
-        )
-    sizes = adata.obs[batch_key].astype(str).value_counts()
+    sizes = obs_column(adata, batch_key, role="batch_key").astype(str).value_counts()
     small = sizes[sizes < 2]
     if len(small):
         raise ValueError(

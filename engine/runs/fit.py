@@ -26,10 +26,11 @@ import torch
 from anndata import AnnData
 
 import engine
+from engine.checks import obs_column
 from engine.model.inference import posterior_means
 from engine.model.params import COUNT_LIKELIHOODS, RunParams
 from engine.model.training import EpochReport, evaluate, train
-from engine.model.vae import iterate_minibatches
+from engine.model.vae import EVAL_BATCH_SIZE, iterate_minibatches
 from engine.reading.raw_counts import check_counts
 from engine.runs.records import (
     CorruptRunError,
@@ -76,13 +77,7 @@ def training_inputs(
         )
     if batch_key is None:
         return counts, np.zeros(adata.n_obs, dtype=np.int64), None
-    if batch_key not in adata.obs:
-        raise ValueError(
-            f"batch_key={batch_key!r} is not a column of adata.obs; available: {', '.join(map(str, adata.obs.columns))}"
-        )
-    column = adata.obs[batch_key]
-    if column.isna().any():
-        raise ValueError(f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing labels: fill or drop them")
+    column = obs_column(adata, batch_key, role="batch_key", allow_missing=False)
     labels = column.astype(str)
     if isinstance(column.dtype, pd.CategoricalDtype):
         categories = [str(c) for c in column.cat.categories if str(c) in set(labels)]
@@ -167,7 +162,7 @@ def _train_run(
     elbo = rec = kl = None
     if len(result.validation_indices):
         device_ = next(module.parameters()).device
-        mbs = list(iterate_minibatches(counts, codes, result.validation_indices, 1024, device_))
+        mbs = list(iterate_minibatches(counts, codes, result.validation_indices, EVAL_BATCH_SIZE, device_))
         # seed 0 as in engine.model.inference.heldout_elbo, so both report the same number
         elbo, rec, kl = evaluate(module, mbs, torch.Generator(device=device_).manual_seed(0))
     used_device = str(next(module.parameters()).device)

@@ -38,6 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from engine.checks import obs_column
 from engine.model.params import RunParams
 
 logger = logging.getLogger(__name__)
@@ -183,11 +184,7 @@ def run_id_from_hash(data_hash_: str, *, params: RunParams, batch_labels: list[s
 def _batch_labels(adata: AnnData, batch_key: str | None) -> list[str] | None:
     if batch_key is None:
         return None
-    if batch_key not in adata.obs:
-        raise ValueError(
-            f"batch_key={batch_key!r} is not a column of adata.obs; available: {', '.join(map(str, adata.obs.columns))}"
-        )
-    return adata.obs[batch_key].astype(str).tolist()
+    return obs_column(adata, batch_key, role="batch_key").astype(str).tolist()
 
 
 # ------------------------------------------------------------------------------------------ reading
