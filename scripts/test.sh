@@ -7,4 +7,6 @@ bash scripts/setup.sh --test
 . .venv/bin/activate
 # shellcheck disable=SC1091
 . scripts/env.sh
+# Lint first: a finding fails the run in seconds instead of after the tests (rules in pyproject.toml).
+python -m ruff check .
 exec python -m pytest -q "$@"

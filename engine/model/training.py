@@ -44,7 +44,6 @@ __all__ = [
 # fused implementation updates all parameters in one kernel instead of ~10 small ops per tensor.
 ADAM_EPS = 0.01
 WEIGHT_DECAY = 1e-6
-# Batch size of the validation pass (no gradients, so larger is cheaper).
 # A final minibatch smaller than this is skipped: BatchNorm statistics of 1-2 cells are meaningless.
 MIN_MINIBATCH = 3
 
