@@ -72,7 +72,8 @@ def main() -> None:
 
     seconds, reference = _best_of(args.repeats, lambda: wilcoxon(adata, group1=b_cells, group2=rest))
     agreement = concordance(result.table(), reference, top_n=50)
-    rows.append(("Wilcoxon rank-sum, all genes", seconds, f"spearman {agreement.spearman:.2f}, top-50 overlap {agreement.overlap}"))
+    rows.append(("Wilcoxon rank-sum, all genes", seconds,
+                 f"spearman {agreement.spearman:.2f}, top-50 overlap {agreement.overlap}"))
 
     print(f"{adata.n_obs} cells x {adata.n_vars} genes, {int(b_cells.sum())} B cells vs {int(rest.sum())}, "
           f"best of {args.repeats}")

@@ -62,7 +62,8 @@ def main() -> None:
     timed("colour: gene (first gene, observed)", lambda: at.selectbox(key="explore_source").set_value("Gene"))
     timed("colour: gene CD14, observed (new gene)", lambda: at.selectbox(key="explore_gene").set_value("CD14"))
     timed("colour: gene CD14, denoised (first time)", lambda: at.radio(key="explore_expression").set_value("denoised"))
-    timed("colour: gene CD14, observed again (cached)", lambda: at.radio(key="explore_expression").set_value("observed"))
+    timed("colour: gene CD14, observed again (cached)",
+          lambda: at.radio(key="explore_expression").set_value("observed"))
     timed("colour: back to cluster", lambda: at.selectbox(key="explore_source").set_value("Cluster"))
     timed("point size", lambda: at.slider(key="explore_point_size").set_value(5.0))
     timed("Leiden resolution 0.5 (new clustering)", lambda: at.slider(key="explore_resolution").set_value(0.5))

@@ -101,7 +101,7 @@ def profile_ours(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
         optimizer.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
         if i >= warmup:
-            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 times[key].append(value)
     result = medians(times)
     result["data"] = 1e3 * data_s
@@ -144,7 +144,7 @@ def profile_scvi(counts, batch, n_batch, threads: int, steps: int, warmup: int) 
         t3 = time.perf_counter()
         if i >= warmup:
             data.append(t0 - t)
-            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 times[key].append(value)
     result = medians(times)
     result["data"] = 1e3 * float(np.median(data))

@@ -160,7 +160,8 @@ def main() -> None:
         print(f"scvi-tools ({args.scvi_python}), run {repeat + 1} of {args.repeats} ...", flush=True)
         scvi = run_scvi(args, work)
         if scvi["kl_warmup_epochs"] != SCVI_KL_WARMUP:
-            raise RuntimeError(f"scvi-tools' KL warm-up is {scvi['kl_warmup_epochs']} epochs, not {SCVI_KL_WARMUP}: update this script")
+            raise RuntimeError(f"scvi-tools' KL warm-up is {scvi['kl_warmup_epochs']} epochs, not {SCVI_KL_WARMUP}: "
+                               "update this script")
         reference = Row(
             tool=f"scvi-tools {scvi['versions']['scvi-tools']}",
             kl_warmup=f"{SCVI_KL_WARMUP} epochs (scvi-tools default)",

@@ -67,7 +67,7 @@ class DERequest:
 
 @dataclass
 class DESession:
-    """This session's DE page: the last request and the current view of its result."""
+    """The session's DE page: the last request and the current view of its result."""
 
     request: DERequest | None = None
     delta: float = 0.25
@@ -87,7 +87,7 @@ class DESession:
 
 
 def de_session() -> DESession:
-    """This session's DE page state, created on first use."""
+    """The session's DE page state, created on first use."""
     if _SESSION_KEY not in st.session_state:
         st.session_state[_SESSION_KEY] = DESession()
     return st.session_state[_SESSION_KEY]

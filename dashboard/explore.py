@@ -72,6 +72,7 @@ class Graph:
     params: dict
 
     def write(self, adata: ad.AnnData) -> None:
+        """Store the graph in ``adata`` (``obsp`` and ``uns["neighbors"]``), as the engine's neighbours step does."""
         adata.obsp["distances"] = self.distances
         adata.obsp["connectivities"] = self.connectivities
         adata.uns["neighbors"] = {"connectivities_key": "connectivities",
@@ -170,8 +171,9 @@ def renamed(labels: pd.Categorical, names: Mapping[str, str]) -> pd.Categorical:
 
 
 def cluster_labels(state: AppState, run, filtered: ad.AnnData) -> pd.Series:
-    """Leiden clusters of ``run`` at the current resolution with the user's names: a categorical
-    Series indexed by ``filtered.obs_names``.
+    """Leiden clusters of ``run`` at the current resolution with the user's names.
+
+    A categorical Series indexed by ``filtered.obs_names``.
     """
     named_for = state.cluster_names_for
     # Names given on the Explore page to another clustering (the run changed since) do not apply.
@@ -211,6 +213,7 @@ def annotation_columns(filtered: ad.AnnData) -> list[str]:
 
 
 def qc_metrics(filtered: ad.AnnData) -> list[str]:
+    """The QC metric columns of ``filtered.obs`` that can colour the scatter, in :data:`QC_METRICS` order."""
     return [m for m in QC_METRICS if m in filtered.obs]
 
 
@@ -279,8 +282,9 @@ def gene_expression(state: AppState, run, gene: str, *, expression: Expression =
 
 def colouring(state: AppState, run, *, source: ColourSource, name: str = "",
               expression: Expression = "observed") -> Colouring:
-    """The colour vector for the scatter: the (renamed) clusters, an obs column, a QC metric or a
-    gene's expression. Only this is recomputed when the user changes the colour.
+    """The colour vector for the scatter: the (renamed) clusters, an obs column, a QC metric or a gene's expression.
+
+    Only this is recomputed when the user changes the colour.
     """
     _check(source, ColourSource, "source")
     filtered = state.filtered
@@ -340,6 +344,7 @@ def save_group(state: AppState, name: str, cells: np.ndarray) -> str:
 
 
 def rename_group(state: AppState, old: str, new: str) -> None:
+    """Rename the cell group ``old`` to ``new``, keeping its place among the groups."""
     if old not in state.cell_groups:
         raise ValueError(f"There is no group named '{old}'.")
     new = _check_name(state, new)
@@ -347,6 +352,7 @@ def rename_group(state: AppState, old: str, new: str) -> None:
 
 
 def delete_group(state: AppState, name: str) -> None:
+    """Forget the cell group ``name``."""
     if name not in state.cell_groups:
         raise ValueError(f"There is no group named '{name}'.")
     state.cell_groups = {k: v for k, v in state.cell_groups.items() if k != name}
@@ -435,8 +441,9 @@ def _metrics(rep: str, run_id: str, key: str, batch_key: str, resolution: float,
 
 
 def batch_comparison(state: AppState, run) -> BatchComparison:
-    """Uncorrected (PCA of log-normalised counts) vs corrected (latent) embeddings and metrics,
-    with the run's batch key as batches and the Leiden clusters of the latent as labels.
+    """Uncorrected (PCA of log-normalised counts) vs corrected (latent) embeddings and metrics.
+
+    The run's batch key gives the batches and the Leiden clusters of the latent give the labels.
     """
     if run.batch_key is None:
         raise ValueError("This run was trained without a batch key: there is no batch correction "

@@ -44,6 +44,7 @@ class Colouring:
 
     @property
     def categorical(self) -> bool:
+        """Whether the colouring is categorical (a legend) rather than continuous (a colour bar)."""
         return isinstance(self.values, pd.Categorical)
 
 
@@ -104,7 +105,7 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
     if colouring.categorical:
         codes = np.asarray(colouring.values.codes)[rows]
         names = [str(c) for c in colouring.values.categories]
-        for code, (name, colour) in enumerate(zip(names, category_colours(len(names)))):
+        for code, (name, colour) in enumerate(zip(names, category_colours(len(names)), strict=True)):
             traces.append(_points(xy, rows, text, codes == code, name=name,
                                   marker=dict(marker, color=colour), label=colouring.label,
                                   show_legend=show_legend))
@@ -149,9 +150,7 @@ def _points(xy: np.ndarray, rows: np.ndarray, text: np.ndarray, mask: np.ndarray
 
 
 def cluster_sizes(labels: pd.Categorical, *, title: str = "Cells per cluster") -> go.Figure:
-    """Bar chart of the number of cells in each category, in category order, coloured as in the
-    embedding.
-    """
+    """Bar chart of the number of cells in each category, in category order, coloured as in the embedding."""
     counts = pd.Series(labels).value_counts(sort=False).reindex(labels.categories, fill_value=0)
     names = [str(c) for c in counts.index]
     fig = go.Figure(go.Bar(x=names, y=counts.to_numpy(), marker_color=category_colours(len(names)),

@@ -88,8 +88,10 @@ def gene_detection_histogram(pct_cells: pd.Series) -> go.Figure:
 
 
 def elbo_curve(history: pd.DataFrame, *, title: str = "Training curve") -> go.Figure:
-    """Train and validation ELBO per epoch (higher is better). ``history``: one row per epoch with
-    columns epoch, train_elbo and validation_elbo (NaN when there is no validation set).
+    """Train and validation ELBO per epoch (higher is better).
+
+    ``history``: one row per epoch with columns epoch, train_elbo and validation_elbo (NaN when there
+    is no validation set).
     """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=history["epoch"], y=history["train_elbo"], mode="lines",
@@ -119,9 +121,10 @@ def latent_activity(activity: dict[str, np.ndarray]) -> go.Figure:
 
 def ppc_scatter(points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, title: str, axis: str,
                 log: bool = False) -> go.Figure:
-    """Per-gene statistic observed (x) against the same statistic on data sampled from each model
-    (y). ``points`` maps a run's label to its (observed, sampled, gene names), each run on its own
-    genes. Points on the diagonal mean the model reproduces the data.
+    """Per-gene statistic observed (x) against the same statistic on data sampled from each model (y).
+
+    ``points`` maps a run's label to its (observed, sampled, gene names), each run on its own genes.
+    Points on the diagonal mean the model reproduces the data.
     """
     fig = go.Figure()
     lo, hi = np.inf, -np.inf

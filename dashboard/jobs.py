@@ -56,14 +56,17 @@ class TrainingJob:
 
     @property
     def n_epochs(self) -> int:
+        """Epochs the run trains for: the latest report's count, else the planned maximum."""
         return self.history[-1].n_epochs if self.history else self.params.resolved_max_epochs(self.n_cells)
 
     @property
     def epochs_done(self) -> int:
+        """Epochs finished so far."""
         return self.history[-1].epoch if self.history else 0
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the job started, up to its end when it has ended."""
         return (self.finished or time.time()) - self.started
 
     @property
@@ -112,6 +115,7 @@ class JobBoard:
         return job
 
     def get(self, rid: str) -> TrainingJob | None:
+        """The job of run ``rid``, or None when this server has none."""
         with self._lock:
             return self._jobs.get(rid)
 
@@ -124,8 +128,9 @@ class JobBoard:
         return sorted(jobs, key=lambda j: j.started, reverse=True)
 
     def interrupted(self, *, data_hash: str | None = None) -> list[InterruptedRun]:
-        """Runs whose training was cut off by a crash or restart of the server (not by a user's
-        cancel), optionally only those on one dataset: the page offers to train them again.
+        """Runs whose training was cut off by a crash or restart of the server (not by a user's cancel).
+
+        Optionally only those on one dataset. The page offers to train them again.
         """
         return [r for r in interrupted_runs(self.cache_dir) if data_hash is None or r.data_hash == data_hash]
 

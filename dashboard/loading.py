@@ -87,6 +87,7 @@ def read_sample() -> Dataset:
 
 
 def read_server_file(path: Path, *, name: str | None = None, transpose: bool | None = None) -> Dataset:
+    """The dataset read (and cached) from a file on the server, named ``name`` or the file's name."""
     path = Path(path)
     adata = _read_path(str(path), path.stat().st_mtime, transpose)
     return Dataset(name=name or path.name, key=f"path:{path}:{transpose}", adata=adata,
@@ -217,9 +218,11 @@ def _filtered(key: str, thresholds: eqc.QCThresholds, n_top_genes: int, hvg_batc
 
 def filtered_key(dataset: Dataset, thresholds: eqc.QCThresholds, n_top_genes: int,
                  hvg_batch_key: str | None) -> str:
+    """The key that identifies the filtered data of ``dataset`` with these QC and gene choices."""
     return f"{dataset.key}|{thresholds}|{n_top_genes}|{hvg_batch_key}"
 
 
 def filtered_dataset(dataset: Dataset, thresholds: eqc.QCThresholds, n_top_genes: int,
                      hvg_batch_key: str | None) -> ad.AnnData:
+    """``dataset`` with the QC thresholds applied and highly variable genes flagged (cached)."""
     return _filtered(dataset.key, thresholds, n_top_genes, hvg_batch_key, dataset.adata)

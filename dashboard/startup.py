@@ -13,8 +13,9 @@ from engine.warmup import warm_up
 
 @st.cache_resource
 def start_warm_up() -> threading.Thread:
-    """Compile the embedding kernels (numba) on a tiny input while the user looks at the Data page,
-    so the first UMAP on the Explore page does not pay for it. Runs once per server process.
+    """Compile the embedding kernels (numba) on a tiny input while the user looks at the Data page.
+
+    The first UMAP on the Explore page then does not pay for it. Runs once per server process.
     """
     thread = threading.Thread(target=warm_up, name="atlas-warm-up", daemon=True)
     thread.start()
@@ -23,8 +24,9 @@ def start_warm_up() -> threading.Thread:
 
 @st.cache_resource
 def configure_logging() -> None:
-    """Send the ``engine`` and ``dashboard`` loggers to the server's stderr, beside Streamlit's own
-    log: job start and end, failures with their tracebacks, timings of the slow steps. Once per
+    """Send the ``engine`` and ``dashboard`` loggers to the server's stderr, beside Streamlit's own log.
+
+    They log job start and end, failures with their tracebacks, timings of the slow steps. Once per
     server process; ``ATLAS_LOG_LEVEL`` (default INFO) sets the level.
     """
     handler = logging.StreamHandler()

@@ -31,6 +31,8 @@ class Dataset:
 
 @dataclass
 class AppState:
+    """One browser session's state: the loaded and filtered data, the active run and the choices made on the pages."""
+
     dataset: Dataset | None = None
     thresholds: QCThresholds = field(default_factory=QCThresholds)
     mito_prefixes: tuple[str, ...] = ("MT-", "mt-")
@@ -62,7 +64,7 @@ class AppState:
 
 
 def get_state() -> AppState:
-    """This session's state, created on first use (the entry script calls it before any page runs)."""
+    """The session's state, created on first use (the entry script calls it before any page runs)."""
     if _KEY not in st.session_state:
         st.session_state[_KEY] = AppState()
     return st.session_state[_KEY]

@@ -21,6 +21,7 @@ def _summarize(key: str, _adata: ad.AnnData) -> eio.DatasetSummary:
 
 
 def dataset_summary(dataset: Dataset) -> eio.DatasetSummary:
+    """The numbers the Data page shows about ``dataset`` (cached per dataset)."""
     return _summarize(dataset.key, dataset.adata)
 
 

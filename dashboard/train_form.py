@@ -1,5 +1,6 @@
-"""The Train page's form, generated from :class:`engine.model.params.RunParams` (labels, bounds, help,
-defaults live there, once), and how runs are listed.
+"""The Train page's form, generated from :class:`engine.model.params.RunParams`, and how runs are listed.
+
+The form's labels, bounds, help and defaults live in :class:`~engine.model.params.RunParams`, once.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from engine.model.params import Option, RunParams, choices, options, value_type
 
 @dataclass(frozen=True)
 class TrainForm:
-    """The user's choices on the Train page: the batch key, the gene selection and the model's options
-    (any :class:`RunParams` field; the rest keep their defaults).
+    """The user's choices on the Train page: the batch key, the gene selection and the model's options.
+
+    The options are any :class:`RunParams` fields; the rest keep their defaults.
     """
 
     batch_key: str | None = None
@@ -31,9 +33,10 @@ class TrainForm:
 
 
 def option_inputs(columns: Sequence, group: str) -> dict[str, Any]:
-    """Widgets for the :class:`RunParams` options of one ``group`` ("main", "model", "training"),
-    spread over ``columns``, each labelled, bounded and explained by its :class:`Option`; returns
-    the chosen values by field name.
+    """Widgets for the :class:`RunParams` options of one ``group`` ("main", "model", "training").
+
+    They are spread over ``columns``, each labelled, bounded and explained by its :class:`Option`;
+    returns the chosen values by field name.
     """
     chosen = {}
     fields = [(name, f, o) for name, (f, o) in options().items() if o.group == group]
@@ -73,6 +76,7 @@ def history_frame(history: list) -> pd.DataFrame:
 
 
 def run_label(run) -> str:
+    """A short label for ``run``: the start of its id, likelihood, latent size and batch key."""
     p = run.params
     batch = f", batch {run.batch_key}" if run.batch_key else ""
     return f"{run.run_id[:8]} · {p.likelihood.upper()}, latent {p.n_latent}{batch}"

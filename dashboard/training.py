@@ -157,6 +157,7 @@ def finish_job(state: AppState, job: TrainingJob) -> None:
 
 
 def delete_run(state: AppState, rid: str) -> None:
+    """Delete run ``rid`` from the run cache; if it was the session's active run, there is none now."""
     ecache.delete_run(cache_dir(), rid)
     load_run.clear()
     if state.active_run_id == rid:

@@ -83,17 +83,24 @@ def check_dense_size(
 ) -> int:
     """Raise ``ValueError`` if ``n_matrices`` dense ``n_rows x n_cols`` arrays would not fit.
 
-    Args:
-        n_rows, n_cols: shape of one dense matrix.
-        what: what is being built, for the message ("posterior samples for differential expression").
-        advice: what the user can reduce, for the message ("use fewer cells per group").
-        itemsize: bytes per entry (4 for float32, 8 for float64).
-        n_matrices: how many such matrices exist at once (samples, copies).
-        limit_bytes: the most that may be used; default :data:`MEMORY_FRACTION` of
-            :func:`available_memory`.
+    Parameters
+    ----------
+    n_rows, n_cols
+        Shape of one dense matrix.
+    what
+        What is being built, for the message ("posterior samples for differential expression").
+    advice
+        What the user can reduce, for the message ("use fewer cells per group").
+    itemsize
+        Bytes per entry (4 for float32, 8 for float64).
+    n_matrices
+        How many such matrices exist at once (samples, copies).
+    limit_bytes
+        The most that may be used; default :data:`MEMORY_FRACTION` of :func:`available_memory`.
 
     Returns
     -------
+    int
         The estimated size in bytes (for logging or a progress message).
     """
     needed = int(n_rows) * int(n_cols) * int(itemsize) * int(n_matrices)

@@ -16,8 +16,7 @@ from anndata import AnnData
 
 
 def warm_up(seed: int = 0) -> float:
-    """Run the likelihood kernel, neighbours, UMAP and Leiden on 60 synthetic cells; returns the
-    seconds it took.
+    """Run the likelihood kernel, neighbours, UMAP and Leiden on 60 synthetic cells; returns the seconds it took.
 
     Safe to call from a background thread and more than once; it touches no user data.
     """

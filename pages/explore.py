@@ -166,7 +166,7 @@ if run.batch_key is not None:
             for label, coords_b in (("Uncorrected (PCA)", comparison.uncorrected_umap),
                                     ("scVI latent", comparison.latent_umap)):
                 cols = st.columns(2)
-                for col, col_colour in zip(cols, (batches, cluster_colour)):
+                for col, col_colour in zip(cols, (batches, cluster_colour), strict=True):
                     col.plotly_chart(
                         embedding_scatter(coords_b, colouring=col_colour, cells=filtered.obs_names,
                                           clusters=clusters.array, point_size=2, opacity=0.8,

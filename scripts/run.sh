@@ -7,4 +7,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 # shellcheck disable=SC1091
 . scripts/env.sh
-exec streamlit run dashboard/app.py --server.address localhost --server.port "${PORT:-8501}" "$@"
+dev_flags=()
+# ATLAS_DEV=1: reload pages when their source changes (the served default watches nothing).
+[ "${ATLAS_DEV:-0}" = 1 ] && dev_flags=(--server.fileWatcherType auto --server.runOnSave true)
+exec streamlit run dashboard/app.py "${dev_flags[@]}" --server.address localhost --server.port "${PORT:-8501}" "$@"

@@ -136,8 +136,10 @@ def run_cache(tmp_path_factory) -> Path:
 
 
 def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: str | None = "donor"):
-    """An AppTest of the dashboard with the small Kang fixture uploaded and a quickly trained run
-    (QUICK_EPOCHS epochs, cached across tests) made active. Returns (AppTest, AppState, Run)."""
+    """An AppTest of the dashboard with the small Kang fixture uploaded and a quickly trained run made active.
+
+    The run trains for QUICK_EPOCHS epochs and is cached across tests. Returns (AppTest, AppState, Run).
+    """
     from streamlit.testing.v1 import AppTest
 
     from engine.model.params import RunParams
@@ -156,8 +158,10 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
 
 
 def train_in_browser(page, epochs: int, *, seed: int | None = None) -> None:
-    """On the Train page, set a fixed number of epochs, press Train and wait until the run is
-    active: what a person does to get a quick run."""
+    """On the Train page, set a fixed number of epochs, press Train and wait until the run is active.
+
+    This is what a person does to get a quick run.
+    """
     page.get_by_role("link", name="Train").click()
     page.get_by_text("Runs on this data").wait_for(timeout=120_000)
     if not page.get_by_label("Epochs (if not automatic)").is_visible():

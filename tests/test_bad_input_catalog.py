@@ -149,8 +149,10 @@ UPLOAD_CASES = [
     ("obs and X disagree", "bad.h5ad", h5ad_obs_shorter_than_x, r"obs describes 5 cells but X has 8 rows"),
     ("one gene", "one_gene.h5ad", lambda: h5ad_bytes(counts_frame(n_genes=1).to_numpy(np.float32), var_names=["CD3E"]),
      r"only 1 gene\(s\) with any counts"),
-    ("one cell", "one_cell.h5ad", lambda: h5ad_bytes(counts_frame(n_cells=1).to_numpy(np.float32)), r"only 1 cell\(s\)"),
-    ("all zeros", "zeros.h5ad", lambda: h5ad_bytes(sparse.csr_matrix((20, 10), dtype=np.float32)), r"only zeros|only 0 cell"),
+    ("one cell", "one_cell.h5ad", lambda: h5ad_bytes(counts_frame(n_cells=1).to_numpy(np.float32)),
+     r"only 1 cell\(s\)"),
+    ("all zeros", "zeros.h5ad", lambda: h5ad_bytes(sparse.csr_matrix((20, 10), dtype=np.float32)),
+     r"only zeros|only 0 cell"),
     ("no cells", "none.h5ad", lambda: h5ad_bytes(sparse.csr_matrix((0, 10), dtype=np.float32)), r"empty \(0 cells"),
     ("zip without matrix.mtx", "10x.zip", lambda: zip_bytes(members_only("features.tsv", "barcodes.tsv")),
      r"holds no 10x matrix\.mtx"),
@@ -303,7 +305,8 @@ def labelled(kang_small_path) -> ad.AnnData:
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    (dict(groupby="tissue", group1="a", group2="rest"), r"no column 'tissue'; available: .*cell_type"),
+    (dict(groupby="tissue", group1="a", group2="rest"),
+     r"'tissue' is not a column of adata.obs; available: .*cell_type"),
     (dict(groupby="cell_type", group1="Martians", group2="rest"), r"no value 'Martians'; values present: .*B cells"),
     (dict(groupby="cell_type", group1="B cells", group2="B cells"), r"both 'B cells': pick two different"),
     (dict(groupby="cell_type", group1="B cells", group2="NK cells", within=("donor", "nobody")),

@@ -46,7 +46,8 @@ def test_truncated_h5ad(kang_small_path, tmp_path):
     data = kang_small_path.read_bytes()
     path = tmp_path / "cut.h5ad"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="could not be read as an AnnData .h5ad file: the file looks truncated or corrupt.*again"):
+    with pytest.raises(ValueError, match="could not be read as an AnnData .h5ad file: "
+                                         "the file looks truncated or corrupt.*again"):
         read_counts(path)
 
 
@@ -87,7 +88,8 @@ def test_nan_or_inf(tmp_path, bad):
 
 def test_log_transformed_values(tmp_path):
     x = np.log1p(counts_frame().to_numpy(dtype=np.float32))
-    with pytest.raises(ValueError, match=r"X holds non-integer values \(e\.g\. .*\): it looks log-transformed.*\.raw or layers\['counts'\]"):
+    with pytest.raises(ValueError, match=r"X holds non-integer values \(e\.g\. .*\): "
+                                         r"it looks log-transformed.*\.raw or layers\['counts'\]"):
         read_counts(write_h5ad(tmp_path / "log.h5ad", x))
 
 
@@ -106,7 +108,8 @@ def test_duplicated_barcodes_made_unique(tmp_path):
     assert list(adata.obs_names[:3]) == ["AAACCTGAGAAGGCCT-1", "AAACCTGAGAAGGCCT-1-1", "AAACCTGAGAAGGCCT-1-2"]
     report = adata.uns["atlas_load"]
     assert report["n_duplicate_barcodes"] == 2
-    assert "2 duplicated cell barcodes were made unique (e.g. 'AAACCTGAGAAGGCCT-1' -> 'AAACCTGAGAAGGCCT-1-1')." in report["messages"]
+    assert ("2 duplicated cell barcodes were made unique (e.g. 'AAACCTGAGAAGGCCT-1' -> 'AAACCTGAGAAGGCCT-1-1')."
+            in report["messages"])
 
 
 def test_duplicated_gene_names_made_unique(tmp_path):
@@ -154,7 +157,8 @@ def test_text_in_numeric_cells(tmp_path):
     frame = counts_frame().astype(object)
     frame.iloc[2, 3] = "n/a?"
     frame.to_csv(tmp_path / "text.csv")
-    with pytest.raises(ValueError, match=r"text where a count should be \(row 'AAACCTGAGAAGGCCT-2', column 'NKG7' holds 'n/a\?'.*only numbers"):
+    with pytest.raises(ValueError, match=r"text where a count should be "
+                                         r"\(row 'AAACCTGAGAAGGCCT-2', column 'NKG7' holds 'n/a\?'.*only numbers"):
         read_counts(tmp_path / "text.csv")
 
 
@@ -179,7 +183,8 @@ def test_10x_folder_missing_barcodes(tmp_path):
 
 def test_10x_folder_mismatched_lengths(tmp_path):
     folder = _mtx_folder(tmp_path / "tenx", n_barcodes=4)
-    with pytest.raises(ValueError, match=r"inconsistent: matrix.mtx is 5 genes x 6 cells but .* lists 4 barcodes.*export the folder again"):
+    with pytest.raises(ValueError, match=r"inconsistent: matrix.mtx is 5 genes x 6 cells but .* lists 4 barcodes"
+                                         r".*export the folder again"):
         read_counts(folder)
 
 

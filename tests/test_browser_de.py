@@ -1,6 +1,4 @@
-"""A real browser trains a quick run, compares two cell types, clicks a gene on the volcano and sees
-its violins.
-"""
+"""A real browser trains a quick run, compares two cell types, clicks a gene on the volcano and sees its violins."""
 
 import re
 

@@ -1,5 +1,7 @@
-"""A real browser trains the sample on the Train page, watches the progress bar move, sees the run in
-the history, then loads the same settings from the cache; and cancels a longer run.
+"""A real browser trains the sample on the Train page and cancels a longer run.
+
+While training, it watches the progress bar move; it then sees the run in the history and loads the
+same settings from the cache.
 """
 
 import re

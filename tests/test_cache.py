@@ -48,7 +48,7 @@ def test_cache_hit_is_identical_and_trains_nothing(small, cached):
     np.testing.assert_array_equal(adata.obsm["X_scVI"], first.latent)
     assert again.metrics == json.loads(json.dumps(first.metrics))
     assert list(again.history["validation_elbo"]) == pytest.approx(list(first.history["validation_elbo"]))
-    for (name, a), b in zip(first.module.state_dict().items(), again.module.state_dict().values()):
+    for (name, a), b in zip(first.module.state_dict().items(), again.module.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -107,7 +107,8 @@ def test_run_id_depends_on_what_changes_the_result(small):
     # options the chosen model ignores do not change it
     poisson = RunParams(likelihood="poisson", max_epochs=2)
     assert run_id(small, params=poisson, batch_key=None) == run_id(
-        small, params=RunParams(likelihood="poisson", max_epochs=2, dispersion="gene-cell", n_components=3), batch_key=None
+        small, params=RunParams(likelihood="poisson", max_epochs=2, dispersion="gene-cell", n_components=3),
+        batch_key=None
     )
     changed = small.copy()
     changed.X = changed.X.copy()

@@ -44,16 +44,17 @@ REVIEWED_CONSTANTS = {
     ("dashboard.figures", "QC_LABELS"),  # axis titles
     ("dashboard.explore", "METRIC_HELP"),  # help texts
     ("dashboard.explore", "QC_METRICS"),  # obs column -> label
-    ("engine.model.likelihoods", "_chunk_pool"),
-    ("engine.analysis.clustering", "_IGRAPH_RNG_LOCK"),  # serialises igraph's process-wide RNG, holds no data  # lru_cache of the process's kernel helper threads, holds no data
+    ("engine.model.likelihoods", "_chunk_pool"),  # lru_cache of the process's kernel helper threads, holds no data
+    ("engine.analysis.clustering", "_IGRAPH_RNG_LOCK"),  # serialises igraph's process-wide RNG, holds no data
 }
 IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType,
              np.generic)
 
 
 def project_modules() -> list[types.ModuleType]:
-    """Every module of engine and dashboard, subpackages included (not the entry script, which is a
-    Streamlit script run per session rather than a module).
+    """Every module of engine and dashboard, subpackages included.
+
+    Not the entry script, which is a Streamlit script run per session rather than a module.
     """
     modules = []
     for package in (engine, dashboard):
@@ -65,8 +66,9 @@ def project_modules() -> list[types.ModuleType]:
 
 
 def module_state() -> dict[tuple[str, str], object]:
-    """Every module global that could hold data: not a module, function, class, cached function,
-    typing construct or immutable value.
+    """Every module global that could hold data.
+
+    That is, not a module, function, class, cached function, typing construct or immutable value.
     """
     state = {}
     for module in project_modules():
@@ -100,8 +102,10 @@ def test_no_module_global_can_hold_per_user_data():
 
 @pytest.fixture
 def counted_training(monkeypatch, tmp_path):
-    """A fresh run cache and job board; counts trainings per run id. Trainings wait for ``go`` so
-    that every session presses Train while the others' jobs are still running.
+    """A fresh run cache and job board; counts trainings per run id.
+
+    Trainings wait for ``go`` so that every session presses Train while the others' jobs are still
+    running.
     """
     monkeypatch.setenv(training.CACHE_ENV, str(tmp_path))
     training.job_board.clear()
@@ -183,7 +187,7 @@ def test_four_sessions_train_at_once_isolated_and_the_shared_run_once(datasets, 
     assert counts == {rid: 1 for rid in set(rids)}  # the shared run trained once
     assert {r.run_id for r in list_runs(cache)} == set(rids)
 
-    for at, state, rid in zip(apps, states, rids):
+    for at, state, rid in zip(apps, states, rids, strict=True):
         at.run()  # the progress panel sees the end of this session's job
         assert not at.exception, at.exception
         assert state.active_run_id == rid

@@ -228,11 +228,13 @@ def test_groups_from_obs_rest_and_within(kang_small):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"groupby": "nope", "group1": "B cells", "group2": "rest"}, "'nope' is not a column of adata.obs; available: .*cell_type"),
+        ({"groupby": "nope", "group1": "B cells", "group2": "rest"},
+         "'nope' is not a column of adata.obs; available: .*cell_type"),
         ({"groupby": "cell_type", "group1": "B cels", "group2": "rest"}, "no value 'B cels'.*'B cells'"),
         ({"groupby": "cell_type", "group1": "B cells", "group2": "Plasma"}, "no value 'Plasma'"),
         ({"groupby": "cell_type", "group1": "B cells", "group2": "B cells"}, "two different groups"),
-        ({"groupby": "cell_type", "group1": "B cells", "group2": "rest", "within": ("donor", "x")}, "donor has no value 'x'"),
+        ({"groupby": "cell_type", "group1": "B cells", "group2": "rest", "within": ("donor", "x")},
+         "donor has no value 'x'"),
     ],
 )  # fmt: skip
 def test_groups_from_obs_errors(kang_small, kwargs, message):

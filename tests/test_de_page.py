@@ -19,8 +19,9 @@ def de_app(run_cache, kang_small_path):
 
 @pytest.fixture(scope="module")
 def counted(de_app):
-    """Counts calls of the engine's DE while the module's tests run (the page reaches it through
-    dashboard.de), so a test can tell a recomputation from a cache hit.
+    """Counts calls of the engine's DE while the module's tests run (the page reaches it through dashboard.de).
+
+    With the count, a test can tell a recomputation from a cache hit.
     """
     calls = []
     original = dede.ede.differential_expression

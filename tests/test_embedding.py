@@ -160,7 +160,7 @@ def test_leiden_deterministic_for_a_seed(kang_graph):
 
 
 def test_leiden_is_deterministic_when_sessions_cluster_at_once(kang_graph, monkeypatch):
-    """igraph's random generator is process-wide: concurrent calls must not draw from each other's."""
+    """The random generator of igraph is process-wide: concurrent calls must not draw from each other's."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 

@@ -77,7 +77,8 @@ def test_posterior_predictive_gives_counts(trained):
     # the model's library is the observed one: simulated totals are in the same range
     ratio = samples.sum(-1).mean(0) / observed
     assert 0.5 < np.median(ratio) < 2.0
-    np.testing.assert_array_equal(samples, inf.posterior_predictive(run, adata, indices=np.arange(20), n_samples=3, seed=0))
+    np.testing.assert_array_equal(samples,
+                                  inf.posterior_predictive(run, adata, indices=np.arange(20), n_samples=3, seed=0))
 
 
 def test_wrong_genes_or_batches_are_clear_errors(trained):

@@ -15,6 +15,7 @@ import pytest
 from scipy import sparse
 from scipy.io import mmwrite
 
+from engine.reading.formats import read_mtx_dir
 from engine.reading.load import (
     SUPPORTED_FORMATS,
     check_counts,
@@ -174,6 +175,79 @@ def test_tar_gz_of_mtx_folder_ignores_traversal_members(kang, tmp_path):
     adata = read_counts(archive)
     assert_same_counts(adata, kang)
     assert not (tmp_path / "evil.tsv.gz").exists() and not Path("/tmp/evil.tsv.gz").exists()
+
+
+def write_10x_files(
+    adata: anndata.AnnData, folder: Path, *, matrix: str, features: str, barcodes: str,
+    columns: int = 3, symbols: list[str] | None = None, types: list[str] | None = None,
+) -> Path:
+    """A 10x folder under the given file names (gzipped when they end in .gz), features with 1-3 columns."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def opener(name: str):
+        return gzip.open(folder / name, "wb") if name.endswith(".gz") else open(folder / name, "wb")
+
+    with opener(matrix) as f:
+        mmwrite(f, sparse.csr_matrix(adata.X).T.tocoo().astype(np.int64))
+    symbols = list(adata.var["gene_symbol"].astype(str)) if symbols is None else symbols
+    types = ["Gene Expression"] * adata.n_vars if types is None else types
+    rows = [
+        "\t".join([gene_id, symbol, kind][:columns])
+        for gene_id, symbol, kind in zip(adata.var_names, symbols, types, strict=True)
+    ]
+    with opener(features) as f:
+        f.write(("\n".join(rows) + "\n").encode())
+    with opener(barcodes) as f:
+        f.write(("\n".join(adata.obs_names) + "\n").encode())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("matrix", "features", "barcodes", "columns"),
+    [
+        ("matrix.mtx", "genes.tsv", "barcodes.tsv", 2),  # Cell Ranger 2
+        ("matrix.mtx.gz", "genes.tsv.gz", "barcodes.tsv.gz", 2),  # Cell Ranger 2, gzipped as on GEO
+        ("matrix.mtx.gz", "features.tsv", "barcodes.tsv", 3),  # some files unzipped
+        ("matrix.mtx", "features.tsv.gz", "barcodes.tsv.gz", 3),
+        ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv", 1),  # ids only
+        ("matrix.mtx", "genes.tsv", "barcodes.tsv.gz", 1),
+    ],
+    ids=["v2", "v2 gzipped", "v3 matrix gzipped only", "v3 matrix plain", "ids only gzipped", "ids only plain"],
+)
+def test_mtx_folder_layouts(small, tmp_path, matrix, features, barcodes, columns):
+    folder = write_10x_files(small, tmp_path / "tenx", matrix=matrix, features=features, barcodes=barcodes,
+                             columns=columns)
+    parsed = read_mtx_dir(folder)
+    assert (parsed.orientation, parsed.transposed, parsed.messages) == ("genes x cells", True, [])
+    assert list(parsed.adata.var_names) == list(small.var_names)  # the ids
+    if columns >= 2:
+        assert list(parsed.adata.var.columns) == ["gene_symbols"]
+        assert list(parsed.adata.var["gene_symbols"]) == list(small.var["gene_symbol"].astype(str))
+    else:
+        assert list(parsed.adata.var.columns) == []
+    adata = read_counts(folder)
+    assert_same_counts(adata, small)
+    assert adata.uns["atlas_load"]["symbol_column"] == ("gene_symbols" if columns >= 2 else None)
+
+
+def test_mtx_folder_feature_types_and_empty_symbols(small, tmp_path):
+    symbols = list(small.var["gene_symbol"].astype(str))
+    symbols[0] = ""  # shown by its id
+    types = ["Gene Expression"] * (small.n_vars - 3) + ["Antibody Capture"] * 3
+    folder = write_10x_files(small, tmp_path / "mixed", matrix="matrix.mtx.gz", features="features.tsv.gz",
+                             barcodes="barcodes.tsv.gz", symbols=symbols, types=types)
+    parsed = read_mtx_dir(folder)
+    assert parsed.messages == ["3 non-gene-expression features (antibody capture, CRISPR ...) were left out."]
+    assert list(parsed.adata.var_names) == list(small.var_names[:-3])
+    assert list(parsed.adata.var.columns) == ["gene_symbols"] and parsed.adata.var["gene_symbols"].iloc[0] == ""
+    adata = read_counts(folder)
+    assert_same_counts(adata, small[:, :-3])
+    assert adata.var["display_name"].iloc[0] == small.var_names[0]
+    # a folder where no feature says "Gene Expression" keeps them all
+    folder = write_10x_files(small, tmp_path / "peaks", matrix="matrix.mtx", features="features.tsv",
+                             barcodes="barcodes.tsv", types=["Peaks"] * small.n_vars)
+    parsed = read_mtx_dir(folder)
+    assert parsed.messages == [] and parsed.adata.n_vars == small.n_vars
 
 
 @pytest.mark.parametrize(

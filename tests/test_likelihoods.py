@@ -84,7 +84,7 @@ def test_zinb_matches_reference_random_and_edges():
     x, mu, theta, logits = random_inputs(seed=1)
     got = log_zinb_positive(t(x), t(mu), t(theta), t(logits)).numpy()
     np.testing.assert_allclose(got, zinb_reference(x, mu, theta, logits), rtol=RTOL)
-    ex, em, et = (np.array(v, dtype=float) for v in zip(*EDGE))
+    ex, em, et = (np.array(v, dtype=float) for v in zip(*EDGE, strict=True))
     for logit in (-8.0, 0.0, 5.0):
         lg = np.full_like(ex, logit)
         got = log_zinb_positive(t(ex), t(em), t(et), t(lg), eps=0.0).numpy()
@@ -118,7 +118,7 @@ def test_normal_matches_scipy():
 
 
 def test_gradients_finite_at_edges():
-    ex, em, et = (np.array(v, dtype=float) for v in zip(*EDGE))
+    ex, em, et = (np.array(v, dtype=float) for v in zip(*EDGE, strict=True))
     mu = t(em).requires_grad_()
     theta = t(et).requires_grad_()
     logits = t(np.zeros_like(ex)).requires_grad_()

@@ -47,7 +47,8 @@ def test_de_refuses_an_impossible_number_of_samples_before_allocating(small_run)
     adata, run = small_run
     group1 = np.zeros(adata.n_obs, bool)
     group1[:100] = True
-    with pytest.raises(ValueError, match=r"posterior samples for differential expression would need .* TB.*lower n_samples"):
+    with pytest.raises(ValueError,
+                       match=r"posterior samples for differential expression would need .* TB.*lower n_samples"):
         differential_expression(run, adata, group1=group1, group2=~group1, n_samples=10**9)
 
 
@@ -69,7 +70,8 @@ def test_dense_h5ad_too_large_is_refused_sparse_is_never_densified(tmp_path, mon
     ad.AnnData(sparse.csr_matrix(x), var=pd.DataFrame(index=[f"G{i}" for i in range(40)])).write_h5ad(sparse_path)
     assert read_counts(dense).shape == (50, 40)
     monkeypatch.setattr(memory, "MEMORY_FRACTION", 1e-9)
-    with pytest.raises(ValueError, match=r"'dense.h5ad' stores X dense, which would need 16.0 kB .*50 x 40 x 2.*scipy.sparse.csr_matrix"):
+    with pytest.raises(ValueError, match=r"'dense.h5ad' stores X dense, which would need 16.0 kB "
+                                         r".*50 x 40 x 2.*scipy.sparse.csr_matrix"):
         read_counts(dense)
     assert read_counts(sparse_path).shape == (50, 40)  # sparse X: nothing dense to size
 
@@ -84,5 +86,6 @@ def test_archive_unpacking_to_more_than_memory_is_refused_before_reading(tmp_pat
         archive.writestr("run/barcodes.tsv", b"AAAC-1\n")
     assert path.stat().st_size < 50_000
     monkeypatch.setattr(memory, "available_memory", lambda: 4_000_000)
-    with pytest.raises(ValueError, match=r"'bomb.zip' unpacks to 5.0 MB, more than the 2.0 MB this machine can spare: upload the 10x .h5"):
+    with pytest.raises(ValueError, match=r"'bomb.zip' unpacks to 5.0 MB, more than the 2.0 MB this machine can spare: "
+                                         r"upload the 10x .h5"):
         read_counts(path)

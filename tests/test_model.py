@@ -141,7 +141,8 @@ def test_normal_kl_closed_form_and_mixture_monte_carlo(counts):
     q = torch.distributions.Normal(inf.qz_mean, inf.qz_var.sqrt())
     p = torch.distributions.Normal(torch.zeros_like(inf.qz_mean), torch.ones_like(inf.qz_mean))
     torch.testing.assert_close(normal.kl_z(inf), torch.distributions.kl_divergence(q, p).sum(-1))
-    mixture = VAE(40, 3, RunParams(n_latent=2, prior="mixture", n_components=3), generator=torch.Generator().manual_seed(0)).double()
+    mixture = VAE(40, 3, RunParams(n_latent=2, prior="mixture", n_components=3),
+                  generator=torch.Generator().manual_seed(0)).double()
     inf = mixture.inference(mb, generator=torch.Generator().manual_seed(0))
     comps = torch.distributions.Independent(
         torch.distributions.Normal(mixture.prior_means, torch.exp(0.5 * mixture.prior_log_vars)), 1
@@ -155,7 +156,7 @@ def test_same_generator_same_initialisation():
     a = VAE(30, 2, RunParams(), generator=torch.Generator().manual_seed(5))
     torch.manual_seed(123)  # the global RNG must not matter
     b = VAE(30, 2, RunParams(), generator=torch.Generator().manual_seed(5))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
@@ -164,7 +165,7 @@ def test_precomputed_cell_constants_give_the_same_minibatches(counts):
     plain = list(iterate_minibatches(counts, BATCH, order, 5))
     fast = list(iterate_minibatches(counts, BATCH, order, 5, constants=CellConstants.of(counts)))
     assert len(plain) == len(fast) == 5
-    for a, b in zip(plain, fast):
+    for a, b in zip(plain, fast, strict=True):
         for field in ("nz_flat", "nz_values", "batch_index", "library_log", "log_factorial"):
             torch.testing.assert_close(getattr(a, field), getattr(b, field))
     dense = counts.toarray()

@@ -1,5 +1,7 @@
-"""Property-based tests (hypothesis): readers never fail with anything but a ValueError, and the
-log-likelihoods stay finite (and are log-probabilities, <= 0) over the whole valid parameter range.
+"""Property-based tests (hypothesis) of the readers and the log-likelihoods.
+
+Readers never fail with anything but a ValueError, and the log-likelihoods stay finite (and are
+log-probabilities, <= 0) over the whole valid parameter range.
 """
 
 from __future__ import annotations

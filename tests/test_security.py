@@ -1,5 +1,7 @@
-"""Security: no unpickling of user data, upload names never become paths, the server folder is
-fenced and off by default, uploads are capped, Streamlit's XSRF protection stays on.
+"""Security: no unpickling of user data, upload names never become paths.
+
+Also: the server folder is fenced and off by default, uploads are capped, Streamlit's XSRF
+protection stays on.
 """
 
 from __future__ import annotations

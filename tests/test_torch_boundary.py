@@ -44,7 +44,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_loads_no_torch(name):
     fixture = REPO / "tests" / "data" / "kang_small.h5ad"
-    code = f"FIXTURE = {str(fixture)!r}\n{CASES[name]}\nimport sys\nprint(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    code = (f"FIXTURE = {str(fixture)!r}\n{CASES[name]}\nimport sys\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", f"{name} imported torch"

@@ -34,7 +34,8 @@ def codes(adata):
 def test_training_improves_the_elbo(small):
     reports: list[EpochReport] = []
     batch, n_batch = codes(small)
-    result = train(small.X, batch, n_batch, RunParams(max_epochs=8, kl_warmup_epochs=0), on_epoch=reports.append, device="cpu")
+    result = train(small.X, batch, n_batch, RunParams(max_epochs=8, kl_warmup_epochs=0), on_epoch=reports.append,
+                   device="cpu")
     assert [r.epoch for r in reports] == list(range(1, 9)) and all(r.n_epochs == 8 for r in reports)
     assert reports[-1].train_elbo > reports[0].train_elbo + 50
     assert reports[-1].validation_elbo > reports[0].validation_elbo + 50
@@ -57,8 +58,10 @@ def test_same_seed_same_latent_different_seed_different(small):
 
 
 def test_threads_do_not_change_the_result_and_are_restored(small):
-    """On CPU, torch ops run on one thread and the likelihood kernel on all of them (row chunks
-    computed exactly as one); the caller's thread setting comes back afterwards, also on cancel.
+    """On CPU, torch ops run on one thread and the likelihood kernel on all of them.
+
+    Row chunks are computed exactly as one; the caller's thread setting comes back afterwards, also on
+    cancel.
     """
     batch, n_batch = codes(small)
     params = RunParams(max_epochs=2, seed=5)
@@ -66,7 +69,8 @@ def test_threads_do_not_change_the_result_and_are_restored(small):
     torch.set_num_threads(2)
     try:
         seen = []
-        two = train(small.X, batch, n_batch, params, device="cpu", on_epoch=lambda r: seen.append(torch.get_num_threads()))
+        two = train(small.X, batch, n_batch, params, device="cpu",
+                    on_epoch=lambda r: seen.append(torch.get_num_threads()))
         assert seen == [1, 1] and torch.get_num_threads() == 2
         with pytest.raises(TrainingCancelled):
             train(small.X, batch, n_batch, params, device="cpu", should_stop=lambda: True)
@@ -74,7 +78,7 @@ def test_threads_do_not_change_the_result_and_are_restored(small):
     finally:
         torch.set_num_threads(1)
     assert [r.validation_elbo for r in one.history] == [r.validation_elbo for r in two.history]
-    for a, b in zip(one.module.state_dict().values(), two.module.state_dict().values()):
+    for a, b in zip(one.module.state_dict().values(), two.module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -154,8 +158,10 @@ def test_run_params_validation_and_round_trip():
 
 
 def test_step_threads_leave_other_threads_alone():
-    """Training sets torch's threads to 1 on its own thread; another thread (another session's job,
-    the server) must keep its setting, which holds for ATen's OpenMP backend (per-thread setting).
+    """Training sets torch's threads to 1 on its own thread; another thread must keep its setting.
+
+    Such a thread is another session's job or the server. This holds for ATen's OpenMP backend
+    (per-thread setting).
     """
     import threading
 

@@ -68,8 +68,7 @@ def leiden_labels(
 
 
 def leiden(adata: AnnData, *, resolution: float = 1.0, seed: int = 0, flavor: Flavor = "igraph") -> None:
-    """Leiden clusters of ``obsp["connectivities"]`` into ``obs["leiden"]`` (``flavor``: see
-    :func:`leiden_labels`).
+    """Leiden clusters of ``obsp["connectivities"]`` into ``obs["leiden"]`` (``flavor``: see :func:`leiden_labels`).
 
     Writes ``obs["leiden"]`` (categorical, labels "0", "1", ... with "0" the largest cluster) and
     ``uns["leiden"] = {"resolution", "n_clusters", "seed", "flavor"}``.

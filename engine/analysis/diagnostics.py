@@ -43,6 +43,8 @@ class PredictiveCheck:
 
 @dataclass(frozen=True)
 class RunDiagnostics:
+    """A trained run's held-out ELBO and its parts, latent activity and posterior predictive check."""
+
     elbo: float
     reconstruction: float
     kl: float
@@ -52,8 +54,9 @@ class RunDiagnostics:
 
 def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
                                seed: int = 0) -> PredictiveCheck:
-    """Compare per-gene zero fraction, mean and variance of observed counts with one posterior
-    predictive sample of the same (at most ``n_cells``, seeded random) cells.
+    """Compare per-gene zero fraction, mean and variance of observed counts with one posterior predictive sample.
+
+    The sample is of the same cells (at most ``n_cells``, seeded random).
     """
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(adata.n_obs, min(n_cells, adata.n_obs), replace=False))
@@ -77,8 +80,9 @@ def posterior_predictive_check(run, adata: ad.AnnData, *, n_cells: int = 1000,
 
 @timed
 def diagnose(run, adata: ad.AnnData, *, n_cells: int = 1000, seed: int = 0) -> RunDiagnostics:
-    """Held-out ELBO parts (on the run's validation cells when known), latent activity and, for
-    count likelihoods, a posterior predictive check.
+    """Held-out ELBO parts, latent activity and, for count likelihoods, a posterior predictive check.
+
+    The ELBO parts are computed on the run's validation cells when known.
     """
     parts = heldout_elbo(run, adata)
     check = (posterior_predictive_check(run, adata, n_cells=n_cells, seed=seed)

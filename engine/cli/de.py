@@ -1,8 +1,8 @@
-"""``python -m engine de``: Bayesian differential expression of two groups, written as CSV.
+r"""``python -m engine de``: Bayesian differential expression of two groups, written as CSV.
 
 Example::
 
-    python -m engine de trained.h5ad --cache-dir runs --groupby cell_type \\
+    python -m engine de trained.h5ad --cache-dir runs --groupby cell_type \
         --group1 "B cells" --group2 rest --out b_cells.csv
 
 ``IN.h5ad`` is a file written by ``python -m engine train``: its ``uns["atlas_run"]["run_id"]``

@@ -19,6 +19,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m engine`` argument parser, with one sub-command per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="python -m engine",
         description="Atlas Explorer engine: train an scVI-style model and analyse single-cell counts.",
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sub-command ``argv`` names; returns the exit code (2 for bad input, reported in one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -1,8 +1,8 @@
-"""``python -m engine train``: train an scVI-style model on a count file and write an annotated h5ad.
+r"""``python -m engine train``: train an scVI-style model on a count file and write an annotated h5ad.
 
 Example::
 
-    python -m engine train pbmc.h5ad --likelihood nb --n-latent 10 --batch-key donor \\
+    python -m engine train pbmc.h5ad --likelihood nb --n-latent 10 --batch-key donor \
         --max-epochs 50 --seed 0 --cache-dir runs --out pbmc_scvi.h5ad
 
 The output holds the counts, ``obsm["X_scVI"]`` (latent means) and ``uns["atlas_run"]`` (run id,
@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train an scVI-style VAE on raw counts and write OUT.h5ad with obsm['X_scVI'] "
         "and uns['atlas_run'].",
     )
-    parser.add_argument("input", type=Path, metavar="INPUT", help="count file (.h5ad, 10x .h5 or folder, .loom, .csv ...)")
+    parser.add_argument("input", type=Path, metavar="INPUT",
+                        help="count file (.h5ad, 10x .h5 or folder, .loom, .csv ...)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.h5ad", help="AnnData file to write")
     parser.add_argument("--batch-key", default=None, help="obs column with the batch of each cell (default: none)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="run cache folder (default: no cache)")
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     adata = read_counts(args.input)
     progress = Progress()
     try:
-        trained = fit(adata, params=params, batch_key=args.batch_key, cache_dir=args.cache_dir, on_epoch=progress, device=args.device)
+        trained = fit(adata, params=params, batch_key=args.batch_key, cache_dir=args.cache_dir, on_epoch=progress,
+                      device=args.device)
     finally:
         progress.close()
     adata.write_h5ad(args.out)

@@ -106,7 +106,8 @@ def _encode(module: VAE, mb: Minibatch):
     return module.inference(mb, sample=False)
 
 
-def posterior_means(module: VAE, counts: sp.csr_matrix, codes: np.ndarray, *, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+def posterior_means(module: VAE, counts: sp.csr_matrix, codes: np.ndarray, *,
+                    batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Posterior mean of z for every row of ``counts`` (module in eval mode)."""
     module.eval()
     out = []

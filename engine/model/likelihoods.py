@@ -109,9 +109,10 @@ def _digamma(y: torch.Tensor) -> torch.Tensor:
 
 
 def _softplus(y: torch.Tensor) -> torch.Tensor:
-    """``softplus(y) = max(y, 0) + log(1 + exp(-|y|))`` with vectorised exp/log (2x torch's CPU
-    softplus); ``log(1 + e)`` for ``e <= 1`` is off by less than 1.2e-7 in float32, far below what a
-    per-cell sum over genes resolves. ``sigmoid(y) = exp(y - softplus(y))`` reuses it.
+    """``softplus(y) = max(y, 0) + log(1 + exp(-|y|))`` with vectorised exp/log (2x torch's CPU softplus).
+
+    ``log(1 + e)`` for ``e <= 1`` is off by less than 1.2e-7 in float32, far below what a per-cell
+    sum over genes resolves. ``sigmoid(y) = exp(y - softplus(y))`` reuses it.
     """
     return y.abs().neg_().exp_().add_(1.0).log_().add_(y.clamp_min(0.0))
 
@@ -124,8 +125,9 @@ _TABLE_COUNTS = 32
 def _gamma_ratios_per_gene(
     x: torch.Tensor, theta: torch.Tensor, genes: torch.Tensor, with_digamma: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``lgamma(x + theta) - lgamma(theta)`` and ``digamma(x + theta) - digamma(theta)`` at counts
-    ``x`` of genes ``genes``, with one ``theta`` per gene.
+    """``lgamma(x + theta) - lgamma(theta)`` and ``digamma(x + theta) - digamma(theta)`` at counts ``x``.
+
+    The counts are of genes ``genes``, with one ``theta`` per gene.
 
     For integer ``x = k <= 32`` they are ``sum_{j<k} log(theta + j)`` and ``sum_{j<k} 1 / (theta + j)``:
     cumulative sums over a (genes, 32) table, gathered, instead of lgamma and digamma per entry

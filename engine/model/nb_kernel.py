@@ -95,8 +95,9 @@ def _exp(x):
 
 @numba.njit(inline="always", fastmath=set(_ELEMENTWISE))
 def _log(x):
-    """``log(x)`` in float32 (Cephes logf) for normal ``x > 0``; NaN, inf, 0 and negative ``x`` give
-    what ``log`` gives (denormals are read as if normal).
+    """``log(x)`` in float32 (Cephes logf) for normal ``x > 0``.
+
+    NaN, inf, 0 and negative ``x`` give what ``log`` gives (denormals are read as if normal).
     """
     bits = _bits(x)
     e = (bits >> np.int32(23)) - np.int32(127)
@@ -126,8 +127,10 @@ def _log(x):
 
 @numba.njit(inline="always", fastmath=set(_ELEMENTWISE))
 def _log1p(u):
-    """``log(1 + u)`` for ``u >= 0``: a series below 0.1 (where ``1 + u`` would lose digits of ``u``;
-    truncation error below 1e-9 relative), :func:`_log` above.
+    """``log(1 + u)`` for ``u >= 0``: a series below 0.1, :func:`_log` above.
+
+    The series serves where ``1 + u`` would lose digits of ``u``; its truncation error is below 1e-9
+    relative.
     """
     series = u * (_F(1.0) - u * (_F(1 / 2) - u * (_F(1 / 3) - u * (_F(1 / 4) - u * (_F(1 / 5) - u * (
         _F(1 / 6) - u * (_F(1 / 7) - u * _F(1 / 8))))))))  # fmt: skip
@@ -136,8 +139,10 @@ def _log1p(u):
 
 @numba.njit(inline="always")
 def _digamma(y):
-    """``digamma(y)`` for ``y > 0`` in float64: six steps of ``digamma(y) = digamma(y + 1) - 1 / y``,
-    then the asymptotic series at ``y + 6 >= 6`` (error below 1e-10; a fixed count, so NaN ends too).
+    """``digamma(y)`` for ``y > 0`` in float64.
+
+    Six steps of ``digamma(y) = digamma(y + 1) - 1 / y``, then the asymptotic series at ``y + 6 >= 6``
+    (error below 1e-10; a fixed count, so NaN ends too).
     """
     shift = 0.0
     for _ in range(6):
@@ -183,7 +188,9 @@ def csr_indptr(rows, n_rows, indptr):
 
 @_loop
 def gamma_tables(theta, log_table, inv_table):
-    """``log_table[k - 1, g] = sum_{j<k} log(theta_g + j)`` (= lgamma(theta + k) - lgamma(theta)) and
+    """Fill ``log_table`` and ``inv_table`` (K, G) with the lgamma and digamma differences of ``theta``.
+
+    ``log_table[k - 1, g] = sum_{j<k} log(theta_g + j)`` (= lgamma(theta + k) - lgamma(theta)) and
     ``inv_table[k - 1, g] = sum_{j<k} 1 / (theta_g + j)`` (the digamma difference), k = 1..K.
     """
     acc_log = np.zeros(theta.shape[0], dtype=np.float32)
@@ -221,9 +228,11 @@ def _nb_zero(soft, scale, theta_row, val, dlm, dth):
 
 @_loop
 def _zinb_zero(soft, scale, theta_row, zi_row, val, dlm, dth, dzi, log_sig, g0, dl0, dth0):
-    """Per gene, as if the count were zero (ZINB): value, derivatives, and for the non-zeros
-    ``log sigmoid(nb0 - zi)``, ``sigmoid(nb0 - zi)`` (= d log p(0) / d nb0) and the NB parts of
-    d/dlog mu (``dl0``) and d/dtheta (``dth0``); ``soft`` becomes mu.
+    """Per gene, as if the count were zero (ZINB): value, derivatives, and terms for the non-zeros.
+
+    The terms for the non-zeros are ``log sigmoid(nb0 - zi)``, ``sigmoid(nb0 - zi)``
+    (= d log p(0) / d nb0) and the NB parts of d/dlog mu (``dl0``) and d/dtheta (``dth0``); ``soft``
+    becomes mu.
 
     The softplus terms take ``log(1 + e)`` for ``e = exp(-|y|) <= 1`` (absolute error below 1.2e-7,
     far below what a per-cell sum resolves); ``log1p(mu / theta)`` needs the accurate series.
@@ -287,8 +296,9 @@ def nb_rows(
     d_zi,
     work,
 ):
-    """Rows ``row_start:row_stop``: per-cell sums of ``log NB(x | mu, theta) + lgamma(x + 1)`` (ZINB
-    when ``zero_inflated``) and, ``with_grads``, their derivatives.
+    """Rows ``row_start:row_stop``: per-cell sums of ``log NB(x | mu, theta) + lgamma(x + 1)`` and derivatives.
+
+    ZINB when ``zero_inflated``; the derivatives only ``with_grads``.
 
     Shapes: ``logits`` (n, G); ``library_log`` (n,); ``theta`` (n, G), or (1, G) for one theta per
     gene (then ``use_tables`` may say that ``log_table``/``inv_table`` (K, G) from
@@ -312,7 +322,8 @@ def nb_rows(
         log_offset = library_log[i] - shift - _F(math.log(total))  # log mu = logit + log_offset
         if zero_inflated:
             dzi_row = d_zi[i] if with_grads else work[8]
-            _zinb_zero(soft, library / total, theta_row, zi_logits[i], val, dlm, dth_row, dzi_row, log_sig, g0, dl0, dth0)
+            _zinb_zero(soft, library / total, theta_row, zi_logits[i], val, dlm, dth_row, dzi_row, log_sig, g0, dl0,
+                       dth0)
         else:
             dzi_row = work[8]
             _nb_zero(soft, library / total, theta_row, val, dlm, dth_row)

@@ -75,13 +75,16 @@ class RunParams:
 
     likelihood: Likelihood = _option(
         "zinb", "Likelihood", "main",
-        "How the model explains each count. Compare runs on the Train page to choose.",
+        "How the model explains each count. ZINB: zero-inflated negative binomial, scVI's default. "
+        "NB: negative binomial, for overdispersed counts. Poisson: no overdispersion, a baseline. "
+        "ZIP: zero-inflated Poisson. Gaussian: on log1p-normalised counts. Compare runs on the "
+        "Train page to choose.",
         choice_labels={
-            "zinb": "ZINB: zero-inflated negative binomial (scVI's default)",
-            "nb": "NB: negative binomial, overdispersed counts",
-            "poisson": "Poisson: no overdispersion (baseline)",
-            "zip": "ZIP: zero-inflated Poisson",
-            "gaussian": "Gaussian on log1p-normalised counts",
+            "zinb": "ZINB (scVI's default)",
+            "nb": "NB (negative binomial)",
+            "poisson": "Poisson",
+            "zip": "ZIP (zero-inflated Poisson)",
+            "gaussian": "Gaussian (log-normalised)",
         },
     )
     n_latent: int = _option(10, "Latent size", "main", "Dimensions of the learned cell representation.",
@@ -195,8 +198,9 @@ class RunParams:
         return min(400, n_epochs // 2)
 
     def relevant(self, *, has_batch: bool) -> dict[str, Any]:
-        """The options that change the trained model (the run cache's key): those the chosen model
-        ignores are left out, so changing them does not make a new run.
+        """The options that change the trained model (the run cache's key).
+
+        Those the chosen model ignores are left out, so changing them does not make a new run.
         """
         values = self.to_dict()
         if self.likelihood not in DISPERSED_LIKELIHOODS:

@@ -89,6 +89,7 @@ class TrainingResult:
 
     @property
     def n_epochs_trained(self) -> int:
+        """Number of epochs trained (one report each)."""
         return len(self.history)
 
 
@@ -192,8 +193,9 @@ class _NonFinite(Exception):
 
 @contextmanager
 def _step_threads(device: torch.device) -> Iterator[int]:
-    """CPU threads for training: torch ops on the calling thread alone; yields the thread count for
-    the likelihood kernel (all of ``torch.get_num_threads()``).
+    """CPU threads for training: torch ops on the calling thread alone.
+
+    Yields the thread count for the likelihood kernel (all of ``torch.get_num_threads()``).
 
     A step is ~300 torch ops on 128 x n_genes matrices; split over OpenMP threads each op waits for
     a sleeping helper thread to wake (tens of microseconds on a VM), which costs more than it saves

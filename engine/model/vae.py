@@ -76,6 +76,7 @@ class Minibatch:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells in the minibatch."""
         return int(self.batch_index.shape[0])
 
     def dense(self, values: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,6 +99,7 @@ class CellConstants:
 
     @classmethod
     def of(cls, counts: sp.csr_matrix) -> CellConstants:
+        """The constants of every row of ``counts``."""
         return cls(library_log=_library_log(counts), log_factorial=_log_factorial(counts))
 
 
@@ -164,7 +166,8 @@ def _library_log(block: sp.csr_matrix) -> np.ndarray:
 
 
 def _log_factorial(block: sp.csr_matrix) -> np.ndarray:
-    per_entry = sp.csr_matrix((gammaln(block.data.astype(np.float64) + 1.0), block.indices, block.indptr), shape=block.shape)
+    per_entry = sp.csr_matrix((gammaln(block.data.astype(np.float64) + 1.0), block.indices, block.indptr),
+                              shape=block.shape)
     return np.asarray(per_entry.sum(axis=1)).ravel()
 
 
@@ -230,10 +233,12 @@ class LossParts:
 
     @property
     def kl(self) -> torch.Tensor:
+        """Total KL per cell: ``kl_z + kl_library``."""
         return self.kl_z + self.kl_library
 
     @property
     def elbo(self) -> torch.Tensor:
+        """ELBO per cell: ``reconstruction - kl``."""
         return self.reconstruction - self.kl
 
     def training_loss(self, kl_weight: float) -> torch.Tensor:
@@ -260,8 +265,9 @@ class FCLayers(nn.Module):
         self.n_cov = n_batch if n_batch > 1 else 0
         self.dropout = dropout
         sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.covariates = nn.ParameterList(nn.Parameter(torch.empty(self.n_cov, b)) for b in sizes[1:]) if self.n_cov else None
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.covariates = (nn.ParameterList(nn.Parameter(torch.empty(self.n_cov, b)) for b in sizes[1:])
+                           if self.n_cov else None)
         self.norms = nn.ModuleList(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3) for b in sizes[1:])
 
     @torch.no_grad()
@@ -274,7 +280,7 @@ class FCLayers(nn.Module):
                 nn.init.uniform_(param, -bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms, strict=True)):
             h = linear(x)
             if self.n_cov:
                 h = h + self.covariates[i].index_select(0, batch_index)
@@ -451,8 +457,10 @@ class VAE(nn.Module):
         return full + _row_sum(correction, rows, mb.n_cells) - mb.log_factorial
 
     def kl_z(self, inf: InferenceOutputs) -> torch.Tensor:
-        """KL(q(z|x) || p(z)) per cell: closed form for the normal prior, one Monte-Carlo sample
-        (the z already drawn) for the Gaussian-mixture prior.
+        """KL(q(z|x) || p(z)) per cell.
+
+        Closed form for the normal prior, one Monte-Carlo sample (the z already drawn) for the
+        Gaussian-mixture prior.
         """
         m, v = inf.qz_mean, inf.qz_var
         if self.params.prior == "normal":
@@ -480,8 +488,9 @@ class VAE(nn.Module):
     def loss(
         self, mb: Minibatch, *, generator: torch.Generator | None = None, threads: int | None = None
     ) -> LossParts:
-        """One pass ``inference -> generative -> loss`` with a single posterior sample (``threads``: see
-        :meth:`reconstruction`).
+        """One pass ``inference -> generative -> loss`` with a single posterior sample.
+
+        ``threads``: see :meth:`reconstruction`.
         """
         inf = self.inference(mb, generator=generator)
         gen = self.generative(inf.z, inf.library_log, mb.batch_index, generator=generator)

@@ -62,11 +62,16 @@ class QCThresholds:
 
     Attributes
     ----------
-        min_genes: a cell needs at least this many detected genes.
-        min_cells: a gene needs to be detected in at least this many of the kept cells.
-        max_pct_mt: a cell may have at most this percentage of counts in mitochondrial genes.
-        min_counts: a cell needs at least this many counts.
-        max_counts: a cell may have at most this many counts (``None``: no upper limit).
+    min_genes
+        A cell needs at least this many detected genes.
+    min_cells
+        A gene needs to be detected in at least this many of the kept cells.
+    max_pct_mt
+        A cell may have at most this percentage of counts in mitochondrial genes.
+    min_counts
+        A cell needs at least this many counts.
+    max_counts
+        A cell may have at most this many counts (``None``: no upper limit).
     """
 
     min_genes: int = 0
@@ -110,7 +115,8 @@ def filter_masks(adata: AnnData, thresholds: QCThresholds) -> tuple[np.ndarray, 
     if thresholds.min_cells == 0:
         return cells, np.ones(n_genes, dtype=bool)
     if "n_cells_by_counts" not in adata.var.columns:
-        raise ValueError("var lacks 'n_cells_by_counts': run engine.preprocessing.qc.calculate_qc_metrics(adata) first.")
+        raise ValueError("var lacks 'n_cells_by_counts': "
+                         "run engine.preprocessing.qc.calculate_qc_metrics(adata) first.")
     counts = _counts(adata)
     # Detections among kept cells = all detections minus those in removed cells; visiting only the
     # smaller of the two row sets keeps a live slider at a few ms on 12k cells.
@@ -135,7 +141,8 @@ def apply_filters(adata: AnnData, thresholds: QCThresholds) -> AnnData:
 
     Raises
     ------
-        ValueError: fewer than 2 cells or 2 genes would remain; the message names the threshold.
+    ValueError
+        Fewer than 2 cells or 2 genes would remain; the message names the threshold.
     """
     cells, genes = filter_masks(adata, thresholds)
     if cells.sum() < 2:

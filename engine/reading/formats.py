@@ -78,8 +78,10 @@ class ParsedFile:
 def format_of(name: str) -> Format:
     """The format of a file, from its name.
 
-    Raises:
-        ValueError: the ending is not a supported format; the message lists the supported ones.
+    Raises
+    ------
+    ValueError
+        The ending is not a supported format; the message lists the supported ones.
     """
     lowered = name.lower().rstrip("/")
     for suffix, fmt in _SUFFIXES:
@@ -104,6 +106,7 @@ def corrupt(path: Path, kind: str, err: BaseException) -> ValueError:
 
 
 def read_h5ad(path: Path) -> ParsedFile:
+    """An AnnData .h5ad file, as stored."""
     _check_dense_x(path)
     try:
         adata = anndata.read_h5ad(path)
@@ -135,7 +138,7 @@ def _diagnose_h5ad(path: Path, err: BaseException) -> ValueError:
         with h5py.File(path, "r") as f:
             n_x = _h5ad_n_rows(f["X"]) if "X" in f else None
             n_obs = _h5_index_length(f["obs"]) if "obs" in f else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to look inside means the file is damaged
         return corrupt(path, "an AnnData .h5ad file", err)
     if n_x is not None and n_obs is not None and n_x != n_obs:
         return ValueError(
@@ -161,6 +164,7 @@ def _h5_index_length(group) -> int:
 
 
 def read_10x_h5(path: Path) -> ParsedFile:
+    """A 10x Genomics HDF5 file (gene expression only), gene ids as var_names and symbols in a column."""
     import scanpy as sc
 
     try:
@@ -184,6 +188,7 @@ def _ids_as_var_names(adata: anndata.AnnData, *, id_column: str, symbol_column: 
 
 
 def read_loom(path: Path) -> ParsedFile:
+    """A Loom file, sparse, named by its usual gene and cell attributes."""
     try:
         with h5py.File(path, "r") as f:
             row_attrs = set(f["row_attrs"].keys()) if "row_attrs" in f else set()
@@ -328,7 +333,12 @@ _BARCODE_NAMES = ("barcodes.tsv", "barcodes.tsv.gz")
 
 
 def read_mtx_dir(folder: Path, *, shown_name: str | None = None) -> ParsedFile:
-    """A 10x MTX folder, or the folder one level down if the files sit in a single sub-folder."""
+    """A 10x MTX folder, or the folder one level down if the files sit in a single sub-folder.
+
+    Parsed here rather than with ``scanpy.read_10x_mtx``: that was measured 1.6-2.5x slower on the
+    12k sample (it re-sorts every entry when converting to float32) and reads odd names differently
+    (a symbol "NA" becomes empty, a barcode is cut at a comma); BENCHMARKS.md, "Kept libraries".
+    """
     shown = shown_name or folder.name
     files = _find_10x_files(folder)
     if files is None:

@@ -140,7 +140,8 @@ def display_source(adata: AnnData, *, column: str | None) -> pd.Index:
 
     Raises
     ------
-        ValueError: ``column`` is not a column of ``var``; the message lists the columns.
+    ValueError
+        ``column`` is not a column of ``var``; the message lists the columns.
     """
     if column is None:
         return pd.Index(adata.var_names.astype(str), dtype=object)

@@ -76,18 +76,23 @@ def read_counts(
 ) -> AnnData:
     """Read a count matrix and return it cleaned, with cells as rows.
 
-    Args:
-        path: a file (.h5ad, .h5, .loom, .csv/.tsv/.txt[.gz], .zip/.tar.gz/.tgz of a 10x folder,
-            matrix.mtx[.gz]) or a 10x MTX folder.
-        transpose: text tables only. ``None`` detects the orientation from the names; ``True``
-            reads the table as genes x cells (rows are genes), ``False`` as cells x genes.
-        symbol_column: the ``var`` column holding the gene names to show. ``None`` picks the best
-            candidate (``gene_symbol``, ``feature_name`` ...) or falls back to ``var_names``.
+    Parameters
+    ----------
+    path
+        A file (.h5ad, .h5, .loom, .csv/.tsv/.txt[.gz], .zip/.tar.gz/.tgz of a 10x folder,
+        matrix.mtx[.gz]) or a 10x MTX folder.
+    transpose
+        Text tables only. ``None`` detects the orientation from the names; ``True`` reads the
+        table as genes x cells (rows are genes), ``False`` as cells x genes.
+    symbol_column
+        The ``var`` column holding the gene names to show. ``None`` picks the best candidate
+        (``gene_symbol``, ``feature_name`` ...) or falls back to ``var_names``.
 
     Returns
     -------
-        AnnData with ``X`` and ``layers["counts"]`` the same CSR float32 counts matrix, ``obs``
-        from the file, ``var["display_name"]`` (unique readable gene names) and the load report in
+    AnnData
+        ``X`` and ``layers["counts"]`` the same CSR float32 counts matrix, ``obs`` from the file,
+        ``var["display_name"]`` (unique readable gene names) and the load report in
         ``uns["atlas_load"]`` (format, counts_source, orientation, transposed, n_cells_dropped,
         n_genes_dropped, n_duplicate_genes, n_duplicate_barcodes, symbol_column,
         symbol_candidates, messages). Other layers, ``.raw``, ``obsm``, ``varm``, ``obsp`` and
@@ -95,9 +100,10 @@ def read_counts(
 
     Raises
     ------
-        ValueError: unsupported, empty, truncated or corrupt file; no matrix holding raw counts
-            (the message names what was found, e.g. log-transformed values); fewer than 2 cells or
-            2 genes with any counts.
+    ValueError
+        Unsupported, empty, truncated or corrupt file; no matrix holding raw counts (the message
+        names what was found, e.g. log-transformed values); fewer than 2 cells or 2 genes with any
+        counts.
     """
     start = time.perf_counter()
     path = Path(path)
@@ -184,11 +190,15 @@ class DatasetSummary:
 
     Attributes
     ----------
-        n_cells, n_genes: matrix shape.
-        sparsity: fraction of zero entries in the counts.
-        counts_source: where the counts came from (``"X"``, ``"layers['counts']"`` or ``"raw"``).
-        obs_columns: ``(name, n_categories, dtype)`` per obs column; ``n_categories`` is ``None``
-            for numeric columns.
+    n_cells, n_genes
+        Matrix shape.
+    sparsity
+        Fraction of zero entries in the counts.
+    counts_source
+        Where the counts came from (``"X"``, ``"layers['counts']"`` or ``"raw"``).
+    obs_columns
+        ``(name, n_categories, dtype)`` per obs column; ``n_categories`` is ``None`` for numeric
+        columns.
     """
 
     n_cells: int
@@ -256,7 +266,7 @@ def _find_counts(adata: AnnData) -> tuple[sparse.csr_matrix, str, pd.DataFrame, 
             "Save the counts in X before uploading."
         )
     checks = [(name, check_counts(matrix, name=name)) for name, matrix, _ in candidates]
-    for (name, matrix, var), (_, check) in zip(candidates, checks):
+    for (name, matrix, var), (_, check) in zip(candidates, checks, strict=True):
         if check.is_counts:
             skipped = [f"{n} looks {c.kind}" for n, c in checks if n != name and not c.is_counts]
             messages = [f"Counts were taken from {name}" + (f" ({'; '.join(skipped)})." if skipped else ".")]

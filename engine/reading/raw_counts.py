@@ -32,8 +32,10 @@ class CountsCheck:
 
     Attributes
     ----------
-        kind: ``"counts"`` for non-negative finite integers; otherwise the first problem found.
-        message: one plain-English sentence saying what was found and, when not counts, what to do.
+    kind
+        ``"counts"`` for non-negative finite integers; otherwise the first problem found.
+    message
+        One plain-English sentence saying what was found and, when not counts, what to do.
     """
 
     kind: CountsKind
@@ -41,15 +43,19 @@ class CountsCheck:
 
     @property
     def is_counts(self) -> bool:
+        """Whether the matrix holds raw counts."""
         return self.kind == "counts"
 
 
 def check_counts(matrix, *, name: str = "The matrix") -> CountsCheck:
     """Check that ``matrix`` (dense or scipy sparse, cells x genes) holds raw counts.
 
-    Args:
-        matrix: the matrix to check.
-        name: how messages refer to it, e.g. ``"X"`` or ``"layers['counts']"``.
+    Parameters
+    ----------
+    matrix
+        The matrix to check.
+    name
+        How messages refer to it, e.g. ``"X"`` or ``"layers['counts']"``.
     """
     n_rows, n_cols = matrix.shape
     if n_rows == 0 or n_cols == 0:

@@ -91,7 +91,7 @@ def training_inputs(
 def fit(
     adata: AnnData,
     *,
-    params: RunParams = RunParams(),
+    params: RunParams = RunParams(),  # noqa: B008 - RunParams is a frozen dataclass of scalars: an immutable default
     batch_key: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -114,7 +114,8 @@ def fit(
     rid = run_id_from_hash(dhash, params=params, batch_labels=labels)
     start = time.perf_counter()
     if cache_dir is None:
-        run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop, device)
+        run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop,
+                         device)
         run.metrics["cells_hash"] = cells_hash(adata)
     else:
         clean_stale(cache_dir)  # folders half-written by a killed process

@@ -102,6 +102,7 @@ class Run:
 
     @property
     def n_batch(self) -> int:
+        """Number of batches the run was trained with (1 without a batch key)."""
         return len(self.batch_categories) if self.batch_categories else 1
 
 
@@ -159,8 +160,10 @@ def data_hash(adata: AnnData) -> str:
 
 
 def cells_hash(adata: AnnData) -> str:
-    """Hash of the cell names in order: tells which runs were trained on exactly these cells
-    (whatever genes they used), so their latent lines up with ``adata``'s rows.
+    """Hash of the cell names in order.
+
+    It tells which runs were trained on exactly these cells (whatever genes they used), so their
+    latent lines up with ``adata``'s rows.
     """
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(list(map(str, adata.obs_names))).encode())
@@ -264,8 +267,9 @@ def training_marker(
     cache_dir: str | os.PathLike[str], run_id: str, *, data_hash_: str, params: RunParams,
     batch_key: str | None, n_cells: int,
 ) -> Iterator[None]:
-    """Note in ``cache_dir`` that ``run_id`` is training; the note goes when the block ends, however
-    it ends, unless the process is killed: then :func:`interrupted_runs` finds it. Hold
+    """Note in ``cache_dir`` that ``run_id`` is training; the note goes when the block ends, however it ends.
+
+    If the process is killed, the note stays: then :func:`interrupted_runs` finds it. Hold
     :func:`run_lock` around it (``fit`` does), so a live trainer is told from a dead one.
     """
     path = _marker(Path(cache_dir), run_id)
