@@ -14,7 +14,7 @@ and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -341,6 +341,16 @@ def save_group(state: AppState, name: str, cells: np.ndarray) -> str:
                          "(choose the tool in the plot's toolbar), then save.")
     state.cell_groups = {**state.cell_groups, name: np.asarray(cells, dtype=object)}
     return name
+
+
+def edit_groups(edit: Callable[..., None], state: AppState, *args: object) -> None:
+    """Apply a group edit (rename, delete, combine) and redraw the groups panel, or show why not."""
+    try:
+        edit(state, *args)
+    except ValueError as err:
+        st.error(str(err))
+        return
+    st.rerun(scope="fragment")
 
 
 def rename_group(state: AppState, old: str, new: str) -> None:

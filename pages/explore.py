@@ -100,25 +100,16 @@ def group_panel(selected) -> None:
                 old = st.selectbox("Group", names, key="explore_rename_from")
                 new = st.text_input("New name", key="explore_rename_to")
                 if st.button("Rename", key="explore_rename"):
-                    try:
-                        ex.rename_group(state, old, new)
-                        st.rerun(scope="fragment")
-                    except ValueError as err:
-                        st.error(str(err))
+                    ex.edit_groups(ex.rename_group, state, old, new)
             with c2:
                 doomed = st.selectbox("Group", names, key="explore_delete_which")
                 if st.button("Delete", key="explore_delete"):
-                    ex.delete_group(state, doomed)
-                    st.rerun(scope="fragment")
+                    ex.edit_groups(ex.delete_group, state, doomed)
             with c3:
                 parts = st.multiselect("Groups", names, key="explore_combine_which")
                 union = st.text_input("Name of the union", key="explore_combine_name")
                 if st.button("Combine", key="explore_combine"):
-                    try:
-                        ex.combine_groups(state, parts, union)
-                        st.rerun(scope="fragment")
-                    except ValueError as err:
-                        st.error(str(err))
+                    ex.edit_groups(ex.combine_groups, state, parts, union)
 
 
 scatter_panel()

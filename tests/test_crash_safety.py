@@ -8,7 +8,6 @@ same run again works.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -16,14 +15,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from engine.model.params import RunParams
 from engine.reading.load import read_counts
 from engine.runs.fit import fit
-from engine.runs.records import clean_stale, interrupted_runs, list_runs, run_id
+from engine.runs.records import clean_stale, interrupted_runs, list_runs, lock_is_free, run_id
 from engine.runs.storage import load_run
 
 from .conftest import REPO
@@ -78,16 +76,6 @@ def kill(proc: subprocess.Popen) -> None:
     assert proc.wait(timeout=30) == -signal.SIGKILL
     proc.stdout.close()
     proc.stderr.close()
-
-
-def lock_is_free(cache: Path, rid: str) -> bool:
-    with open(cache / f"{rid}.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return True
 
 
 def test_sigkill_mid_training_leaves_no_finished_run_and_is_reported(small, kang_small_path, tmp_path):

@@ -8,6 +8,7 @@ seeded by ``seed``; results are numpy arrays of fixed shape.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from anndata import AnnData
 
 from engine.model.training import evaluate
-from engine.model.vae import EVAL_BATCH_SIZE, VAE, Minibatch, iterate_minibatches
+from engine.model.vae import EVAL_BATCH_SIZE, VAE, InferenceOutputs, Minibatch, iterate_minibatches
 from engine.preprocessing.normalize import TARGET_SUM
 from engine.runs.records import Run, counts_matrix
 
@@ -168,22 +169,37 @@ def normalized_expression(
     module = run.module.eval()
     generator = torch.Generator().manual_seed(seed)
     out = np.empty((n_samples, len(cells), len(run.var_names)), dtype=np.float32)
+    for start, mb, _, z in _posterior_z(module, counts, codes, cells, n_samples, generator, batch_size):
+        n = mb.n_cells
+        target = torch.as_tensor(decode_codes[cells[start : start + n]])
+        with torch.inference_mode():
+            gen = module.generative(z.reshape(n_samples * n, -1), torch.zeros(n_samples * n), target.repeat(n_samples))
+            rho = torch.softmax(gen.logits, dim=-1) * library_size
+        out[:, start : start + n] = rho.reshape(n_samples, n, -1).numpy()
+    return out
+
+
+def _posterior_z(
+    module: VAE,
+    counts: sp.csr_matrix,
+    codes: np.ndarray,
+    cells: np.ndarray,
+    n_samples: int,
+    generator: torch.Generator,
+    batch_size: int,
+) -> Iterator[tuple[int, Minibatch, InferenceOutputs, torch.Tensor]]:
+    """Minibatches of ``cells`` with ``n_samples`` draws of z ~ q(z | x, s) each, ``(n_samples, n, n_latent)``.
+
+    Yields ``(position of the minibatch's first cell in cells, minibatch, q, z)``; minibatches hold
+    ``batch_size // n_samples`` cells so that a minibatch's draws fit ``batch_size`` rows.
+    """
     start = 0
-    with torch.inference_mode():
-        for mb in _minibatches(module, counts, codes, cells, max(1, batch_size // n_samples)):
-            n = mb.n_cells
+    for mb in _minibatches(module, counts, codes, cells, max(1, batch_size // n_samples)):
+        with torch.inference_mode():
             inf = _encode(module, mb)
             z = inf.qz_mean + inf.qz_var.sqrt() * torch.randn((n_samples, *inf.qz_mean.shape), generator=generator)
-            target = torch.as_tensor(decode_codes[cells[start : start + n]])
-            gen = module.generative(
-                z.reshape(n_samples * n, -1),
-                torch.zeros(n_samples * n),
-                target.repeat(n_samples),
-            )
-            rho = torch.softmax(gen.logits, dim=-1) * library_size
-            out[:, start : start + n] = rho.reshape(n_samples, n, -1).numpy()
-            start += n
-    return out
+        yield start, mb, inf, z
+        start += mb.n_cells
 
 
 def heldout_elbo(run: Run, adata: AnnData, *, indices: np.ndarray | None = None) -> ElboParts:
@@ -226,21 +242,16 @@ def posterior_predictive(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = np.empty((n_samples, len(cells), len(run.var_names)), dtype=np.float32)
-    start = 0
-    with torch.inference_mode():
-        for mb in _minibatches(module, counts, codes, cells, max(1, EVAL_BATCH_SIZE // n_samples)):
-            n = mb.n_cells
-            inf = _encode(module, mb)
-            z = inf.qz_mean + inf.qz_var.sqrt() * torch.randn((n_samples, *inf.qz_mean.shape), generator=generator)
-            lib = inf.library_log
+    for start, mb, inf, z in _posterior_z(module, counts, codes, cells, n_samples, generator, EVAL_BATCH_SIZE):
+        n = mb.n_cells
+        with torch.inference_mode():
             if inf.ql_mean is not None:
                 noise = torch.randn((n_samples, n), generator=generator)
                 lib = inf.ql_mean.squeeze(-1) + inf.ql_var.squeeze(-1).sqrt() * noise
             else:
-                lib = lib.expand(n_samples, n)
+                lib = inf.library_log.expand(n_samples, n)
             gen = module.generative(z.reshape(n_samples * n, -1), lib.reshape(-1), mb.batch_index.repeat(n_samples))
-            out[:, start : start + n] = _sample_likelihood(likelihood, gen, rng).reshape(n_samples, n, -1)
-            start += n
+        out[:, start : start + n] = _sample_likelihood(likelihood, gen, rng).reshape(n_samples, n, -1)
     return out
 
 

@@ -210,19 +210,24 @@ def _exp_shifted(logit_row, shift, out):
         out[g] = _exp(logit_row[g] - shift)
 
 
+@numba.njit(inline="always", fastmath=set(_ELEMENTWISE))
+def _nb_zero_terms(th, soft_g, scale):
+    """One gene's ``log NB(0) = -theta log1p(mu / theta)`` pieces: mu, the log1p, d/dlog mu, d/dtheta."""
+    inv_te = _F(1.0) / (th + _EPS)
+    mu = soft_g * scale
+    u = mu * inv_te
+    lpg = _log1p(u)
+    d_log_mu = -th * u / (_F(1.0) + u)
+    return mu, lpg, d_log_mu, -d_log_mu * inv_te - lpg
+
+
 @_loop
 def _nb_zero(soft, scale, theta_row, val, dlm, dth):
     """Per gene, as if the count were zero (NB): value, d/dlog mu and d/dtheta; ``soft`` becomes mu."""
     for g in range(soft.shape[0]):
         th = theta_row[g]
-        inv_te = _F(1.0) / (th + _EPS)
-        mu = soft[g] * scale
-        u = mu * inv_te
-        lpg = _log1p(u)
-        dl = -th * u / (_F(1.0) + u)
+        mu, lpg, dlm[g], dth[g] = _nb_zero_terms(th, soft[g], scale)
         val[g] = -th * lpg
-        dlm[g] = dl
-        dth[g] = -dl * inv_te - lpg
         soft[g] = mu
 
 
@@ -239,10 +244,7 @@ def _zinb_zero(soft, scale, theta_row, zi_row, val, dlm, dth, dzi, log_sig, g0, 
     """
     for g in range(soft.shape[0]):
         th = theta_row[g]
-        inv_te = _F(1.0) / (th + _EPS)
-        mu = soft[g] * scale
-        u = mu * inv_te
-        lpg = _log1p(u)
+        mu, lpg, d0, t0 = _nb_zero_terms(th, soft[g], scale)
         z = zi_row[g]
         # softplus(-z) and sigmoid(-z) from a = exp(-|z|)
         a = _exp(-abs(z))
@@ -253,8 +255,6 @@ def _zinb_zero(soft, scale, theta_row, zi_row, val, dlm, dth, dzi, log_sig, g0, 
         b = _exp(-abs(shifted))
         sp_shifted = (shifted if shifted > _F(0.0) else _F(0.0)) + _log(_F(1.0) + b)
         gz = (_F(1.0) if shifted >= _F(0.0) else b) / (_F(1.0) + b)
-        d0 = -th * u / (_F(1.0) + u)
-        t0 = -d0 * inv_te - lpg
         val[g] = sp_shifted - sp_negz
         dlm[g] = d0 * gz
         dth[g] = t0 * gz

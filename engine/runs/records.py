@@ -61,6 +61,7 @@ __all__ = [
     "read_info",
     "interrupted_runs",
     "list_runs",
+    "lock_is_free",
     "run_id",
     "run_lock",
     "training_marker",
@@ -283,9 +284,9 @@ def training_marker(
         path.unlink(missing_ok=True)
 
 
-def _lock_is_free(cache_dir: Path, run_id: str) -> bool:
+def lock_is_free(cache_dir: str | os.PathLike[str], run_id: str) -> bool:
     """Whether nobody (no thread, no process) holds :func:`run_lock` for ``run_id`` right now."""
-    path = cache_dir / f"{run_id}.lock"
+    path = Path(cache_dir) / f"{run_id}.lock"
     if not path.exists():
         return True
     with open(path, "a+") as handle:
@@ -311,7 +312,7 @@ def interrupted_runs(cache_dir: str | os.PathLike[str]) -> list[InterruptedRun]:
     found = []
     for path in cache_dir.glob(f"{MARKER_PREFIX}*.json"):
         rid = path.name[len(MARKER_PREFIX):-len(".json")]
-        if has_run(cache_dir, rid) or not _lock_is_free(cache_dir, rid):
+        if has_run(cache_dir, rid) or not lock_is_free(cache_dir, rid):
             continue  # finished after all, or still training
         try:
             note = json.loads(path.read_text())
@@ -337,13 +338,13 @@ def clean_stale(cache_dir: str | os.PathLike[str]) -> list[str]:
     for path in cache_dir.iterdir():
         if path.name.startswith(TMP_PREFIX) and path.is_dir():
             rid = path.name[len(TMP_PREFIX):].rsplit("-", 1)[0]
-            if _lock_is_free(cache_dir, rid):
+            if lock_is_free(cache_dir, rid):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
                 logger.warning("removed %s, left half-written by a training process that died", path)
         elif path.name.startswith(MARKER_PREFIX) and path.name.endswith(".json"):
             rid = path.name[len(MARKER_PREFIX):-len(".json")]
-            if has_run(cache_dir, rid) and _lock_is_free(cache_dir, rid):
+            if has_run(cache_dir, rid) and lock_is_free(cache_dir, rid):
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
     return sorted(removed)
