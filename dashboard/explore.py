@@ -105,8 +105,16 @@ def _umap(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
+    # The progress bar lives inside the cached function (Streamlit replays a cached function's
+    # elements; one outside it could not be replayed) and is emptied at the end.
+    bar = st.empty()
+
+    def show(done: float) -> None:
+        bar.progress(done, text=f"t-SNE of {len(_latent):,} cells (first time only): {done:.0%}")
+
     adata = _latent_adata(_latent, len(_latent))
-    eemb.tsne(adata, use_rep="X_scVI", seed=SEED)
+    eemb.tsne(adata, use_rep="X_scVI", seed=SEED, on_progress=show)
+    bar.empty()
     return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
 
 
@@ -118,7 +126,10 @@ def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray) -> tu
 
 
 def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
-    """``(n_cells, 2)`` float32 UMAP or t-SNE of the run's latent (cached per run and data)."""
+    """``(n_cells, 2)`` float32 UMAP or t-SNE of the run's latent (cached per run and data).
+
+    A t-SNE being computed shows a progress bar where it is called.
+    """
     _check(kind, Embedding, "kind")
     if kind == "UMAP":
         return _umap(run.run_id, state.filtered_key, run.latent)

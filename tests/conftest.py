@@ -164,14 +164,15 @@ def train_in_browser(page, epochs: int, *, seed: int | None = None) -> None:
     """
     page.get_by_role("link", name="Train").click()
     page.get_by_text("Runs on this data").wait_for(timeout=120_000)
-    if not page.get_by_label("Epochs (if not automatic)").is_visible():
+    # exact labels: "KL warm-up epochs: automatic" holds "epochs: automatic" too
+    field = page.get_by_label("Epochs (if not automatic)", exact=True)
+    if not field.is_visible():
         page.get_by_text("Advanced").click()
-    if page.get_by_role("checkbox", name="Epochs: automatic").is_checked():
-        page.get_by_text("Epochs: automatic").click()
-    field = page.get_by_label("Epochs (if not automatic)")
+    if page.get_by_role("checkbox", name="Epochs: automatic", exact=True).is_checked():
+        page.get_by_text("Epochs: automatic", exact=True).click()
     field.fill(str(epochs))
     field.press("Tab")
     if seed is not None:
-        page.get_by_label("Seed").fill(str(seed))
-        page.get_by_label("Seed").press("Tab")
+        page.get_by_label("Seed", exact=True).fill(str(seed))
+        page.get_by_label("Seed", exact=True).press("Tab")
     page.get_by_role("button", name="Train", exact=True).click()

@@ -259,8 +259,12 @@ def test_umap_layout_as_good_as_umap_learn_on_the_same_graph(kang_graph):
 
 def test_tsne_shape_deterministic_and_separates_cell_types(kang):
     a, b = kang.copy(), kang.copy()
-    tsne(a, use_rep="X_pca", perplexity=30, seed=0)
+    progress: list[float] = []
+    tsne(a, use_rep="X_pca", perplexity=30, seed=0, on_progress=progress.append)
     tsne(b, use_rep="X_pca", perplexity=30, seed=0)
+    # progress is reported as it goes, rising to 1
+    assert len(progress) >= 20 and progress == sorted(progress) and progress[-1] == 1.0
+    assert a.uns["tsne"]["params"]["method"] == "fft"
     y = a.obsm["X_tsne"]
     assert y.shape == (a.n_obs, 2) and np.isfinite(y).all()
     np.testing.assert_allclose(y, b.obsm["X_tsne"], rtol=0, atol=1e-5)

@@ -34,7 +34,7 @@ CASES = {
         "import contextlib, io\nfrom engine.cli.main import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help'])\n"
-        "for command in ('train', 'de'):\n"
+        "for command in ('train', 'de', 'embed'):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        main([command, '--help'])"
     ),

@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "train": "engine.cli.train",
     "de": "engine.cli.de",
+    "embed": "engine.cli.embed",
 }
 
 
