@@ -5,21 +5,44 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 
 import streamlit as st
 
+from engine.model.calibration import SpeedCalibration, calibrate
 from engine.warmup import warm_up
 
 
-@st.cache_resource
-def start_warm_up() -> threading.Thread:
-    """Compile the embedding kernels (numba) on a tiny input while the user looks at the Data page.
+@dataclass
+class WarmUp:
+    """The server's start-up work, shared by every session: compiled kernels and the speed calibration."""
 
-    The first UMAP on the Explore page then does not pay for it. Runs once per server process.
+    thread: threading.Thread
+    calibration: SpeedCalibration | None = None  # set by the thread when measured
+
+
+@st.cache_resource
+def start_warm_up() -> WarmUp:
+    """Compile the kernels and measure this machine's training speed, in the background.
+
+    The first UMAP on the Explore page then does not pay for compiling, and the Train page can say
+    how long a run will take (:mod:`engine.model.calibration`). Runs once per server process.
     """
-    thread = threading.Thread(target=warm_up, name="atlas-warm-up", daemon=True)
+    thread = threading.Thread(target=lambda: _warm_up(state), name="atlas-warm-up", daemon=True)
+    state = WarmUp(thread=thread)
     thread.start()
-    return thread
+    return state
+
+
+def _warm_up(state: WarmUp) -> None:
+    warm_up()
+    try:
+        state.calibration = calibrate()
+    except Exception:  # noqa: BLE001 - without a calibration the page shows no estimate, nothing more
+        logging.getLogger(__name__).exception("the training-speed calibration failed")
+    else:
+        logging.getLogger(__name__).info("training speed calibrated in %.1f s: %s",
+                                         state.calibration.measured_in, state.calibration)
 
 
 @st.cache_resource

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from engine.model.calibration import SpeedCalibration
 from engine.model.params import Option, RunParams, choices, options, value_type
 
 
@@ -68,6 +69,31 @@ def _number(box, label: str, kind: type, option: Option, value: Any) -> Any:
         return box.slider(label, lo, hi, kind(value), step, help=option.help)
     fmt = "%g" if kind is float else None
     return box.number_input(label, lo, hi, kind(value), format=fmt, help=option.help)
+
+
+def expected_duration(form: TrainForm, filtered, calibration: SpeedCalibration | None) -> str:
+    """One line for under the Train button: how long these settings will train on this server."""
+    if calibration is None:
+        return "Measuring this server's training speed (a few seconds after it starts)..."
+    try:
+        params = form.params()
+    except ValueError:
+        return ""  # the settings are refused when Train is pressed, with the reason
+    n_genes = form.n_top_genes if 0 < form.n_top_genes < filtered.n_vars else filtered.n_vars
+    estimate = calibration.expected(n_cells=filtered.n_obs, n_genes=n_genes, params=params)
+    text = (f"Expected on this server: about {duration_text(estimate.seconds)} "
+            f"({estimate.epochs:,} epochs of {filtered.n_obs:,} cells x {n_genes:,} genes")
+    return text + (", early stopping may end it sooner)." if estimate.early_stopping else ").")
+
+
+def duration_text(seconds: float) -> str:
+    """``"40 s"``, ``"4 min"``, ``"1 h 20 min"``: a duration as people say it."""
+    if seconds < 60:
+        return f"{max(round(seconds), 1)} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
 
 
 def history_frame(history: list) -> pd.DataFrame:

@@ -4,9 +4,10 @@ import streamlit as st
 
 from dashboard import run_comparison, training
 from dashboard.figures import elbo_curve
+from dashboard.startup import start_warm_up
 from dashboard.state import get_state
 from dashboard.summary import batch_columns
-from dashboard.train_form import TrainForm, history_frame, option_inputs, runs_table
+from dashboard.train_form import TrainForm, expected_duration, history_frame, option_inputs, runs_table
 
 state = get_state()
 st.title("Train")
@@ -20,7 +21,8 @@ filtered = state.filtered
 board = training.job_board()
 
 # ---- Settings ---------------------------------------------------------------------------------
-with st.form("train_form", border=True):
+# Not an st.form: the expected duration below follows every change of the settings.
+with st.container(border=True):
     st.subheader("Settings")
     c1, c2, c3 = st.columns(3)
     chosen = option_inputs([c1, c2], "main")
@@ -36,10 +38,12 @@ with st.form("train_form", border=True):
         default_hvg = 0 if filtered.n_vars <= 4000 else 2000
         n_top_genes = st.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
                                       default_hvg, step=100)
-    submitted = st.form_submit_button("Train", type="primary")
+    form = TrainForm(batch_key=None if batch == "(none)" else batch, n_top_genes=n_top_genes, options=chosen)
+    b1, b2 = st.columns([1, 5], vertical_alignment="center")
+    submitted = b1.button("Train", type="primary")
+    b2.caption(expected_duration(form, filtered, start_warm_up().calibration))
 
 if submitted:
-    form = TrainForm(batch_key=None if batch == "(none)" else batch, n_top_genes=n_top_genes, options=chosen)
     training.submit(state, form, board)
 
 # ---- Progress of the job this session follows ---------------------------------------------------

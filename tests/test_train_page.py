@@ -186,3 +186,21 @@ def test_diagnostics_for_two_runs_side_by_side(run_cache, kang_small_path):
     diag = list(state.diagnostics.values())
     # a Poisson model underestimates overdispersion relative to ZINB; both produce per-gene checks
     assert all(d.check is not None and len(d.check.genes) == state.filtered.n_vars for d in diag)
+
+
+def test_the_page_says_how_long_the_chosen_settings_will_train(kang_small_path):
+    from dashboard.train_form import duration_text, expected_duration
+    from engine.model.calibration import SpeedCalibration
+    from engine.reading.load import read_counts
+
+    adata = read_counts(kang_small_path)
+    cal = SpeedCalibration(fixed=0.0, per_gene=1e-6, threads=2, measured_in=1.0)  # 1 us per cell-gene-epoch
+    line = expected_duration(TrainForm(options={"max_epochs": 100}), adata, cal)
+    seconds = 100 * adata.n_obs * adata.n_vars * 1e-6
+    assert line.startswith(f"Expected on this server: about {duration_text(seconds)} (100 epochs of 1,145 cells")
+    assert "early stopping may end it sooner" in line
+    fewer_genes = expected_duration(TrainForm(n_top_genes=500, options={"early_stopping": False}), adata, cal)
+    assert "x 500 genes)" in fewer_genes and "early stopping" not in fewer_genes
+    assert expected_duration(TrainForm(), adata, None).startswith("Measuring this server's training speed")
+    assert expected_duration(TrainForm(options={"lr": -1.0}), adata, cal) == ""  # refused on Train, with why
+    assert [duration_text(s) for s in (0.2, 42, 250, 4800, 7200)] == ["1 s", "42 s", "4 min", "1 h 20 min", "2 h"]
