@@ -42,10 +42,6 @@ QC_METRICS = {
     "n_genes_by_counts": "Genes detected",
     "pct_counts_mt": "% mitochondrial counts",
 }
-# Posterior draws averaged per cell for the denoised expression (its posterior mean, approximately).
-DENOISED_SAMPLES = 5
-# Cells decoded at once for the denoised expression: bounds memory (samples x cells x genes floats).
-DENOISE_CHUNK = 2048
 SEED = 0
 # Numeric annotations with more distinct values than this are drawn with a colour scale.
 MAX_CATEGORIES = 20
@@ -251,29 +247,27 @@ def _observed(key: str, gene: int, _filtered: ad.AnnData) -> np.ndarray:
     return log_normalized(column, library=_library_sizes(key, _filtered)).toarray().ravel().astype(np.float32)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _gene_decoder(run_id: str, key: str, _run, _filtered: ad.AnnData):
+    """The run's decoder split at its output layer (read only, shared by sessions)."""
+    from engine.model.inference import gene_decoder  # torch only when the model is used
+
+    return gene_decoder(_run, _filtered[:, list(_run.var_names)])
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _denoised(run_id: str, key: str, gene: str, _run, _filtered: ad.AnnData) -> np.ndarray:
-    from engine.model.inference import (
-        normalized_expression,  # torch only when the model is used
-    )
-
-    adata = _filtered[:, list(_run.var_names)]
-    column = list(_run.var_names).index(gene)
-    out = np.empty(adata.n_obs, dtype=np.float64)
-    for start in range(0, adata.n_obs, DENOISE_CHUNK):
-        cells = np.arange(start, min(start + DENOISE_CHUNK, adata.n_obs))
-        draws = normalized_expression(_run, adata, indices=cells, n_samples=DENOISED_SAMPLES,
-                                      library_size=TARGET_SUM, seed=SEED)
-        out[cells] = np.asarray(draws)[:, :, column].mean(axis=0)
-    return np.log1p(out).astype(np.float32)
+    decoder = _gene_decoder(run_id, key, _run, _filtered)
+    return np.log1p(decoder.expression(gene, library_size=TARGET_SUM)).astype(np.float32)
 
 
 def gene_expression(state: AppState, run, gene: str, *, expression: Expression = "observed") -> np.ndarray:
     """log1p expression per 10,000 counts of one gene (display name) in every cell.
 
     ``observed``: the counts normalised by each cell's library size. ``denoised``: the model's
-    posterior mean of the normalised expression (average of :data:`DENOISED_SAMPLES` draws), only for
-    genes the run was trained on.
+    normalised expression at each cell's posterior mean (:class:`engine.model.inference.GeneDecoder`:
+    the first gene decodes every cell once, each later gene costs one column), only for genes the run
+    was trained on.
     """
     _check(expression, Expression, "expression")
     filtered = state.filtered

@@ -47,8 +47,8 @@ def scatter_panel() -> None:
             expression = st.radio(
                 "Expression", ["observed", "denoised"], horizontal=True, key="explore_expression",
                 help="observed: log1p of the counts per 10,000 in each cell. denoised: the "
-                     "model's estimate of the same quantity (posterior mean), with sampling noise "
-                     "and batch effects removed.")
+                     "model's estimate of the same quantity at each cell's position in the latent "
+                     "space, without the sampling noise of the counts.")
         point_size = st.slider("Point size", 1.0, 10.0, 3.0, step=0.5, key="explore_point_size")
         opacity = st.slider("Opacity", 0.1, 1.0, 0.8, step=0.05, key="explore_opacity")
 

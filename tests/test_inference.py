@@ -96,3 +96,25 @@ def test_wrong_genes_or_batches_are_clear_errors(trained):
     del missing.obs["donor"]
     with pytest.raises(ValueError, match="batch_key='donor'"):
         inf.latent_mean(run, missing)
+
+
+def test_gene_decoder_gives_one_genes_expression_as_a_full_decode_does(trained):
+    run, adata = trained
+    decoder = inf.gene_decoder(run, adata)
+    assert decoder.hidden.shape == (adata.n_obs, run.params.n_hidden)
+    # the full decoder at the posterior mean, every gene, as reference
+    counts, codes = inf.run_inputs(run, adata)
+    module = run.module.eval()
+    with torch.no_grad():
+        mbs = list(inf.iterate_minibatches(counts, codes, np.arange(adata.n_obs), 4096))
+        q = module.inference(mbs[0], sample=False)
+        gen = module.generative(q.qz_mean, torch.zeros(adata.n_obs), mbs[0].batch_index)
+        full = (torch.softmax(gen.logits.double(), dim=-1) * 1e4).numpy()
+    for gene in (run.var_names[0], run.var_names[500], run.var_names[-1]):
+        g = run.var_names.index(gene)
+        np.testing.assert_allclose(decoder.expression(gene), full[:, g], rtol=1e-4)
+    # it is the model's mean: close to the average of posterior draws
+    draws = inf.normalized_expression(run, adata, n_samples=20, seed=0)[:, :, 500].mean(axis=0)
+    assert np.corrcoef(np.log1p(draws), np.log1p(decoder.expression(run.var_names[500])))[0, 1] > 0.95
+    with pytest.raises(ValueError, match="not trained on gene"):
+        decoder.expression("NOT_A_GENE")

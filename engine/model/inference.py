@@ -202,6 +202,52 @@ def _posterior_z(
         start += mb.n_cells
 
 
+@dataclass(frozen=True, eq=False)
+class GeneDecoder:
+    """A run's decoder split at its output layer, so one gene's denoised expression is one column.
+
+    Each cell is decoded once, at its posterior mean z in its own batch: ``hidden`` is the decoder's
+    last hidden layer and ``log_normaliser`` the log of the softmax's denominator over every gene.
+    A gene's normalised expression is then ``exp(hidden @ weight[g] + bias[g] - log_normaliser)``:
+    ~1 ms for 12k cells instead of decoding every gene of every cell again (issue 14).
+    """
+
+    var_names: list[str]
+    hidden: np.ndarray  # (n_cells, n_hidden) float32
+    log_normaliser: np.ndarray  # (n_cells,) float64
+    weight: np.ndarray  # (n_genes, n_hidden) float32
+    bias: np.ndarray  # (n_genes,) float32
+
+    def expression(self, gene: str, *, library_size: float = TARGET_SUM) -> np.ndarray:
+        """Normalised expression of ``gene`` (a var_name of the run) in every cell, per ``library_size``."""
+        try:
+            g = self.var_names.index(gene)
+        except ValueError:
+            raise ValueError(f"the run was not trained on gene {gene!r}") from None
+        logits = self.hidden.astype(np.float64) @ self.weight[g].astype(np.float64) + float(self.bias[g])
+        return np.exp(logits - self.log_normaliser) * library_size
+
+
+def gene_decoder(run: Run, adata: AnnData) -> GeneDecoder:
+    """Decode every cell of ``adata`` once (posterior mean z, own batch) for :class:`GeneDecoder`."""
+    counts, codes = run_inputs(run, adata)
+    module = run.module.eval()
+    hidden, normaliser = [], []
+    with torch.inference_mode():
+        for mb in _minibatches(module, counts, codes, np.arange(adata.n_obs), EVAL_BATCH_SIZE):
+            h = module.decoder(_encode(module, mb).qz_mean, mb.batch_index, None)
+            hidden.append(h.float().cpu().numpy())
+            normaliser.append(torch.logsumexp(module.px_scale(h).double(), dim=-1).cpu().numpy())
+    layer = module.px_scale
+    return GeneDecoder(
+        var_names=list(run.var_names),
+        hidden=np.concatenate(hidden) if hidden else np.zeros((0, layer.in_features), np.float32),
+        log_normaliser=np.concatenate(normaliser) if normaliser else np.zeros(0),
+        weight=layer.weight.detach().float().cpu().numpy(),
+        bias=layer.bias.detach().float().cpu().numpy(),
+    )
+
+
 def heldout_elbo(run: Run, adata: AnnData, *, indices: np.ndarray | None = None) -> ElboParts:
     """ELBO per cell on ``adata`` (or its ``indices``), eval mode, one z sample per cell (seed 0)."""
     counts, codes = run_inputs(run, adata)
