@@ -142,3 +142,27 @@ def ppc_scatter(points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
                       xaxis_type=kind, yaxis_type=kind, legend=dict(orientation="h", y=-0.25),
                       margin=dict(l=10, r=10, t=40, b=10), height=380)
     return fig
+
+
+def preview_scatter(layout: np.ndarray, labels: np.ndarray | None, *, epoch: int, n_epochs: int,
+                    label_name: str = "") -> go.Figure:
+    """The live training preview: a UMAP of a subsample's current latent, coloured by ``labels``."""
+    from dashboard.explore_figures import category_colours
+
+    fig = go.Figure()
+    if labels is None:
+        fig.add_trace(go.Scattergl(x=layout[:, 0], y=layout[:, 1], mode="markers", showlegend=False,
+                                   marker=dict(size=3, color="#4C78A8", opacity=0.7), hoverinfo="skip"))
+    else:
+        names = pd.unique(np.asarray(labels, dtype=str))
+        for name, colour in zip(names, category_colours(len(names)), strict=True):
+            rows = np.asarray(labels, dtype=str) == name
+            fig.add_trace(go.Scattergl(x=layout[rows, 0], y=layout[rows, 1], mode="markers", name=name,
+                                       marker=dict(size=3, color=colour, opacity=0.7), hoverinfo="name"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    title = f"Latent space at epoch {epoch} of {n_epochs} ({len(layout):,} cells"
+    fig.update_layout(title=title + (f", coloured by {label_name})" if label_name else ")"),
+                      legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=40, b=10), height=380,
+                      uirevision="preview")  # keep the user's zoom between refreshes
+    return fig

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 import anndata as ad
+import numpy as np
 
+from engine.analysis.preview import preview_cells
 from engine.model.params import RunParams
 from engine.model.training import EpochReport, TrainingCancelled
 from engine.runs.fit import fit
@@ -50,6 +52,10 @@ class TrainingJob:
     traceback: str | None = None  # the whole traceback of a failure, for the log and for bug reports
     finished: float | None = None
     history: list[EpochReport] = field(default_factory=list)
+    # live preview: (epoch, UMAP of the preview cells' current latent), the newest only
+    preview: tuple[int, np.ndarray] | None = None
+    preview_labels: np.ndarray | None = None  # what the preview is coloured by, per preview cell
+    preview_label_name: str = ""
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _worker: threading.Thread | None = field(default=None, repr=False)
@@ -106,6 +112,7 @@ class JobBoard:
                 return job
             job = TrainingJob(run_id=rid, data_hash=data_hash(adata), dataset_name=dataset_name,
                               params=params, batch_key=batch_key, n_cells=adata.n_obs)
+            job.preview_label_name, job.preview_labels = _preview_colours(adata, batch_key)
             self._jobs[rid] = job
         # fit writes obsm/uns into the AnnData it gets: give it its own copy.
         worker = threading.Thread(target=self._train, args=(job, adata.copy()),
@@ -139,7 +146,9 @@ class JobBoard:
                     f"{adata.n_obs:,}", f"{adata.n_vars:,}", job.params.likelihood, job.batch_key)
         try:
             fit(adata, params=job.params, batch_key=job.batch_key, cache_dir=self.cache_dir,
-                on_epoch=job.history.append, should_stop=job._cancel.is_set)
+                on_epoch=job.history.append, should_stop=job._cancel.is_set,
+                on_preview=lambda epoch, layout: setattr(job, "preview", (epoch, layout)),
+                preview_every=max(1, min(5, job.n_epochs // 8)))  # a few pictures even in a short run
             job.status = "finished"
         except TrainingCancelled:
             job.status = "cancelled"
@@ -153,3 +162,15 @@ class JobBoard:
             job._done.set()
         logger.info("training run %s %s after %.1f s, %d epochs", job.run_id, job.status, job.elapsed,
                     job.epochs_done)
+
+
+def _preview_colours(adata: ad.AnnData, batch_key: str | None) -> tuple[str, np.ndarray | None]:
+    """What to colour the live preview by: a cell-type-like annotation if there is one, else the batch."""
+    from dashboard.summary import grouping_columns
+
+    columns = grouping_columns(adata)
+    typed = [c for c in columns if any(word in c.lower() for word in ("type", "cluster", "label", "annotation"))]
+    name = typed[0] if typed else (batch_key if batch_key in columns else "")
+    if not name:
+        return "", None
+    return name, adata.obs[name].astype(str).to_numpy()[preview_cells(adata.n_obs)]

@@ -146,7 +146,8 @@ def results_panel() -> None:
     st.caption(explain_calls(result.mode, delta=delta, fdr=fdr))
     reasons = why_few_calls(result, delta=delta, fdr=fdr, n_epochs_trained=run.metrics.get("n_epochs_trained"))
     if reasons:
-        st.info(f"Only {n_de} genes pass. " + " ".join(reasons), icon=":material/lightbulb:")
+        passing = "No gene passes." if n_de == 0 else f"Only {n_de} gene{'s pass' if n_de > 1 else ' passes'}."
+        st.info(f"{passing} " + " ".join(reasons), icon=":material/lightbulb:")
 
     # The table is drawn before the volcano and the volcano's click is read from the session state,
     # so the gene just picked is ringed on the volcano in this same run.

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import run_comparison, training
-from dashboard.figures import elbo_curve
+from dashboard.figures import elbo_curve, preview_scatter
 from dashboard.startup import start_warm_up
 from dashboard.state import get_state
 from dashboard.summary import batch_columns
@@ -64,8 +64,16 @@ def progress_panel() -> None:
         st.progress(done / max(job.n_epochs, 1),
                     text=f"Epoch {done} of {job.n_epochs} · elapsed {job.elapsed:.0f} s"
                          + (f" · about {eta:.0f} s left" if eta is not None and job.status == "running" else ""))
+        curve, preview = st.columns(2)
         if job.history:
-            st.plotly_chart(elbo_curve(history_frame(job.history)), width="stretch")
+            curve.plotly_chart(elbo_curve(history_frame(job.history)), width="stretch")
+        if job.preview is not None:
+            epoch, layout = job.preview
+            preview.plotly_chart(preview_scatter(layout, job.preview_labels, epoch=epoch, n_epochs=job.n_epochs,
+                                                 label_name=job.preview_label_name), width="stretch",
+                                 key="training_preview")
+        elif job.status == "running":
+            preview.caption("A picture of the latent space appears here after the first few epochs.")
         if job.status == "running":
             if st.button("Cancel training", icon=":material/stop:"):
                 job.cancel()

@@ -155,6 +155,11 @@ def test_the_page_explains_p_de_and_says_why_few_genes_pass():
     assert any("delta is 3" in r and "8.0-fold" in r for r in reasons)
     assert any("No gene reaches P(DE) 0.95" in r for r in reasons)
     assert not any("smaller group" in r for r in reasons)  # 100 cells each is enough
+    # the highest P(DE) is never rounded up to the threshold it misses
+    near = why_few_calls(strong, delta=1.97, fdr=0.05)
+    best = strong.table(delta=1.97)["proba_de"].max()
+    if best < 0.95:
+        assert f"the highest is {np.floor(best * 1000) / 1000:.3f}" in " ".join(near)
     flat = _synthetic_result("change", fold=1.0)  # nothing changes
     assert any("may hardly differ" in r for r in why_few_calls(flat, delta=0.25, fdr=0.05, n_epochs_trained=400))
 

@@ -37,3 +37,17 @@ def test_scatter_subsamples_large_data_and_says_so():
     fig = figures.totals_vs_genes(obs)
     assert len(fig.data[0].x) == figures.MAX_SCATTER_POINTS
     assert "random 50,000 of 51,000 cells shown" in fig.layout.title.text
+
+
+def test_preview_scatter_colours_each_label_and_says_the_epoch():
+    from dashboard.figures import preview_scatter
+
+    layout = np.arange(12, dtype=np.float32).reshape(6, 2)
+    fig = preview_scatter(layout, np.array(["B", "T", "B", "NK", "T", "B"]), epoch=5, n_epochs=40,
+                          label_name="cell_type")
+    assert [t.name for t in fig.data] == ["B", "T", "NK"]
+    assert [len(t.x) for t in fig.data] == [3, 2, 1]
+    assert len({t.marker.color for t in fig.data}) == 3
+    assert fig.layout.title.text == "Latent space at epoch 5 of 40 (6 cells, coloured by cell_type)"
+    plain = preview_scatter(layout, None, epoch=1, n_epochs=2)
+    assert len(plain.data) == 1 and plain.layout.title.text.endswith("(6 cells)")

@@ -186,3 +186,26 @@ def test_step_threads_leave_other_threads_alone():
     release.set()
     worker.join()
     assert seen == {"job": 1, "kernel": 2, "other": 2, "job_after": 2}
+
+
+def test_fit_shows_a_live_preview_of_the_latent_as_it_trains(kang_small_path):
+    """Every few epochs, a quick UMAP of the same subsample: structure emerges while training runs."""
+    from sklearn.metrics import silhouette_score
+
+    from engine.analysis.preview import preview_cells
+
+    adata = ad.read_h5ad(kang_small_path)
+    adata.layers["counts"] = adata.X.copy()
+    seen: list[tuple[int, np.ndarray]] = []
+    fit(adata, params=RunParams(max_epochs=12, seed=0), on_preview=lambda e, xy: seen.append((e, xy)),
+        preview_every=4, device="cpu")
+    assert [epoch for epoch, _ in seen] == [4, 8, 12]
+    cells = preview_cells(adata.n_obs)
+    assert all(xy.shape == (len(cells), 2) and np.isfinite(xy).all() for _, xy in seen)
+    # the last preview separates the cell types (it is the trained latent, laid out)
+    labels = adata.obs["cell_type"].to_numpy()[cells]
+    assert silhouette_score(seen[-1][1], labels) > 0.0
+    # each layout continues from the previous one: consecutive pictures stay close
+    moved = np.linalg.norm(seen[2][1] - seen[1][1], axis=1).mean()
+    span = np.ptp(seen[2][1], axis=0).max()
+    assert moved < span

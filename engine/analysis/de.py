@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,7 +514,8 @@ def why_few_calls(
     best = float(table["proba_de"].max()) if len(table) else 0.0
     if best < 1.0 - fdr:
         reasons.append(
-            f"No gene reaches P(DE) {1.0 - fdr:.2f} (the highest is {best:.2f}): the two groups may hardly "
+            f"No gene reaches P(DE) {1.0 - fdr:.2f} (the highest is {math.floor(best * 1000) / 1000:.3f}): "
+            "the two groups may hardly "
             "differ, as two halves of one cell type would."
         )
     elif fdr < 0.05:

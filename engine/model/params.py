@@ -8,12 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Dispersion", "Library", "Likelihood", "Option", "Prior", "RunParams", "default_max_epochs", "options"]
+__all__ = [
+    "Dispersion", "Library", "Likelihood", "LrSchedule", "Option", "Prior", "RunParams", "default_max_epochs",
+    "options", "scvi_max_epochs", "thorough",
+]
 
 Likelihood = Literal["zinb", "nb", "poisson", "zip", "gaussian"]
 Dispersion = Literal["gene", "gene-batch", "gene-cell"]
 Library = Literal["observed", "learned"]
 Prior = Literal["normal", "mixture"]
+LrSchedule = Literal["constant", "cosine"]
 
 #: Likelihoods that model raw counts (and so refuse non-integer data).
 COUNT_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb", "poisson", "zip")
@@ -21,9 +25,14 @@ COUNT_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb", "poisson", "zip")
 DISPERSED_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb")
 
 
+def scvi_max_epochs(n_cells: int) -> int:
+    """scvi-tools' epoch rule: ``min(round(20000 / n_cells * 400), 400)`` (the :func:`thorough` preset's)."""
+    return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
+
+
 def default_max_epochs(n_cells: int) -> int:
     """scvi-tools' default: ``min(round(20000 / n_cells * 400), 400)``."""
-    return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
+    return scvi_max_epochs(n_cells)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,12 @@ class RunParams:
     )
     batch_size: int = _option(128, "Batch size", "training", "Cells per minibatch.", minimum=16, maximum=4096)
     lr: float = _option(1e-3, "Learning rate", "training", "Adam's learning rate.", minimum=1e-5, maximum=1e-1)
+    lr_schedule: LrSchedule = _option(
+        "constant", "Learning-rate schedule", "training",
+        "Constant: the learning rate throughout. Cosine: it decays from the learning rate to 0 along a "
+        "half cosine over the epochs.",
+        choice_labels={"constant": "Constant", "cosine": "Cosine decay to 0"},
+    )
     kl_warmup_epochs: int | None = _option(
         None, "KL warm-up epochs", "training",
         "Epochs over which the weight of the KL term grows from 0 to 1.", minimum=0, maximum=1000,
@@ -133,6 +148,12 @@ class RunParams:
     patience: int = _option(45, "Patience", "training",
                             "Epochs without improvement of the validation ELBO before early stopping.",
                             minimum=1, maximum=1000)
+    min_improvement: float = _option(
+        0.0, "Early-stopping tolerance", "training",
+        "Relative gain of the validation ELBO that counts as an improvement for early stopping: stop when "
+        "it has not risen by more than this fraction (0.001 = 0.1 %) for `patience` epochs.",
+        minimum=0.0, maximum=0.1, step=0.0005,
+    )
     validation_fraction: float = _option(0.1, "Validation fraction", "training",
                                          "Share of the cells held out to score the model and stop early.",
                                          minimum=0.0, maximum=0.5, step=0.05)
@@ -174,6 +195,8 @@ class RunParams:
             raise ValueError(
                 f"RunParams.validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
             )
+        if not 0.0 <= self.min_improvement < 1.0:
+            raise ValueError(f"RunParams.min_improvement must be in [0, 1), got {self.min_improvement!r}")
         if not self.lr > 0:
             raise ValueError(f"RunParams.lr must be > 0, got {self.lr!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -211,6 +234,7 @@ class RunParams:
             values.pop("n_components")
         if not self.early_stopping:
             values.pop("patience")
+            values.pop("min_improvement")
         if not has_batch:
             values.pop("encode_covariates")
         return values
@@ -247,3 +271,25 @@ def value_type(name: str) -> type:
         return str
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     return args[0]
+
+
+def thorough(n_cells: int, **overrides: Any) -> RunParams:
+    """The "thorough" preset for ``n_cells`` cells: scvi-tools-like training, several times slower than the default.
+
+    scvi-tools' epoch rule (:func:`scvi_max_epochs`: 400 epochs up to 20,000 cells), batch size 128,
+    a constant learning rate of 1e-3, KL warm-up over min(400, half the epochs), early stopping on
+    the validation ELBO after 45 epochs without any improvement. ``overrides`` set other options
+    (e.g. ``seed``, ``likelihood``). A new :class:`RunParams` each call: the preset is a value, not
+    shared state.
+    """
+    settings: dict[str, Any] = {
+        "max_epochs": scvi_max_epochs(n_cells),
+        "batch_size": 128,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "kl_warmup_epochs": None,
+        "early_stopping": True,
+        "patience": 45,
+        "min_improvement": 0.0,
+    }
+    return RunParams(**{**settings, **overrides})

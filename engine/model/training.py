@@ -1,4 +1,4 @@
-"""Training loop of the VAE: Adam, KL warm-up, early stopping on the validation ELBO.
+"""Training loop of the VAE: Adam (constant or cosine lr), KL warm-up, early stopping on the validation ELBO.
 
 No framework around it: one plain loop whose per-step work is a few tensor slices and the model's
 forward/backward. Counts stay CSR; once per chunk of minibatches the rows of a shuffled chunk are cut
@@ -154,11 +154,14 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str = "auto",
+    on_model: Callable[[int, VAE], None] | None = None,
 ) -> TrainingResult:
     """Train a :class:`~engine.model.vae.VAE` on ``counts`` (cells x genes CSR, raw counts).
 
     ``batch_index`` holds each cell's batch code in ``range(n_batch)``. ``on_epoch`` is called after
-    every epoch; ``should_stop`` is polled between minibatches and raises :class:`TrainingCancelled`.
+    every epoch; ``on_model(epoch, module)`` too, with the model as it stands (for a live preview; it
+    may switch the module to eval mode, each epoch switches it back); ``should_stop`` is polled
+    between minibatches and raises :class:`TrainingCancelled`.
     A NaN/inf loss restarts training once with a 10x smaller learning rate, then raises
     :class:`TrainingDiverged`.
     """
@@ -173,7 +176,7 @@ def train(
             with _step_threads(torch_device) as threads:
                 return _train_once(
                     counts, batch_index, n_batch, params, train_idx, val_idx, lr, torch_device, threads, on_epoch,
-                    should_stop,
+                    should_stop, on_model,
                 )  # fmt: skip
         except _NonFinite as err:
             if attempt == 1:
@@ -233,6 +236,7 @@ def _train_once(
     threads: int,
     on_epoch: Callable[[EpochReport], None] | None,
     should_stop: Callable[[], bool] | None,
+    on_model: Callable[[int, VAE], None] | None = None,
 ) -> TrainingResult:
     start_time = time.perf_counter()
     n_epochs = params.resolved_max_epochs(counts.shape[0])
@@ -253,9 +257,16 @@ def _train_once(
     )
     history: list[EpochReport] = []
     best_elbo, best_epoch, best_state = -math.inf, 0, None
+    # early stopping: ``best_*`` is the best epoch (its weights are kept); ``reference_*`` the last
+    # epoch that beat the previous reference by more than ``min_improvement`` (relative), from which
+    # patience counts. With min_improvement=0 the two are the same epoch.
+    reference_elbo, reference_epoch = -math.inf, 0
     for epoch in range(n_epochs):
         epoch_start = time.perf_counter()
         kl_weight = min(1.0, epoch / warmup) if warmup > 0 else 1.0
+        if params.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / n_epochs))
         module.train()
         sums = torch.zeros(3, device=device)
         n_seen = 0
@@ -295,11 +306,15 @@ def _train_once(
         history.append(report)
         if on_epoch is not None:
             on_epoch(report)
+        if on_model is not None:
+            on_model(epoch + 1, module)
         if params.early_stopping and val_elbo is not None:
             if val_elbo > best_elbo:
                 best_elbo, best_epoch = val_elbo, epoch + 1
                 best_state = copy.deepcopy(module.state_dict())
-            elif epoch + 1 - best_epoch >= params.patience:
+            if reference_epoch == 0 or val_elbo > reference_elbo + params.min_improvement * abs(reference_elbo):
+                reference_elbo, reference_epoch = val_elbo, epoch + 1
+            elif epoch + 1 - reference_epoch >= params.patience:
                 break
     if best_state is not None:
         module.load_state_dict(best_state)

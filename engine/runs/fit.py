@@ -30,7 +30,7 @@ from engine.checks import obs_column
 from engine.model.inference import posterior_means
 from engine.model.params import COUNT_LIKELIHOODS, RunParams
 from engine.model.training import EpochReport, evaluate, train
-from engine.model.vae import EVAL_BATCH_SIZE, iterate_minibatches
+from engine.model.vae import EVAL_BATCH_SIZE, VAE, iterate_minibatches
 from engine.reading.raw_counts import check_counts
 from engine.runs.records import (
     CorruptRunError,
@@ -97,6 +97,8 @@ def fit(
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
+    on_preview: Callable[[int, np.ndarray], None] | None = None,
+    preview_every: int = 5,
 ) -> Run:
     """Train a model on the counts of ``adata`` (or load the identical run from ``cache_dir``).
 
@@ -105,7 +107,10 @@ def fit(
     file lock, so concurrent callers train it once) and saved atomically after training; a corrupt
     cached run is retrained and replaced. ``on_epoch`` / ``should_stop``: see
     :func:`engine.model.training.train` (cancelling raises :class:`~engine.model.training.TrainingCancelled` and
-    saves nothing). Writes ``adata.obsm["X_scVI"]`` and ``adata.uns["atlas_run"]``.
+    saves nothing). ``on_preview(epoch, layout)`` gets, every ``preview_every`` epochs, a quick UMAP
+    of the current latent of the cells :func:`engine.analysis.preview.preview_cells` picks, in that
+    order (a live preview; not called when the run comes from the cache). Writes
+    ``adata.obsm["X_scVI"]`` and ``adata.uns["atlas_run"]``.
     """
     counts, codes, categories = training_inputs(adata, params=params, batch_key=batch_key)
     var_names = [str(v) for v in adata.var_names]
@@ -113,9 +118,10 @@ def fit(
     labels = None if categories is None else [categories[c] for c in codes]
     rid = run_id_from_hash(dhash, params=params, batch_labels=labels)
     start = time.perf_counter()
+    on_model = None if on_preview is None else _previewer(counts, codes, on_preview, every=preview_every)
     if cache_dir is None:
         run = _train_run(counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop,
-                         device)
+                         device, on_model)
         run.metrics["cells_hash"] = cells_hash(adata)
     else:
         clean_stale(cache_dir)  # folders half-written by a killed process
@@ -130,7 +136,7 @@ def fit(
                                      batch_key=batch_key, n_cells=adata.n_obs):
                     run = _train_run(
                         counts, codes, categories, var_names, params, rid, dhash, batch_key, on_epoch, should_stop,
-                        device,
+                        device, on_model,
                     )
                     run.metrics["cells_hash"] = cells_hash(adata)
                     save_run(run, cache_dir, data_hash_=dhash)
@@ -138,6 +144,29 @@ def fit(
                 logger.info("run %s loaded from the cache in %.2f s", rid, time.perf_counter() - start)
     write_to_adata(adata, run)
     return run
+
+
+def _previewer(
+    counts: sp.csr_matrix, codes: np.ndarray, on_preview: Callable[[int, np.ndarray], None], *, every: int
+) -> Callable[[int, VAE], None]:
+    """The ``on_model`` hook of a live preview: every ``every`` epochs, a quick UMAP of a subsample's latent."""
+    from engine.analysis.preview import preview_cells, preview_layout
+
+    cells = preview_cells(counts.shape[0])
+    sub_counts, sub_codes = counts[cells], codes[cells]
+    last: list[np.ndarray] = []  # the previous layout, so the next one continues from it
+
+    def on_model(epoch: int, module: VAE) -> None:
+        if epoch % max(every, 1):
+            return
+        latent = posterior_means(module, sub_counts, sub_codes)  # eval mode; the next epoch resets it
+        if not np.isfinite(latent).all():
+            return
+        layout = preview_layout(latent, start=last[-1] if last else None)
+        last[:] = [layout]
+        on_preview(epoch, layout)
+
+    return on_model
 
 
 def _train_run(
@@ -152,11 +181,13 @@ def _train_run(
     on_epoch: Callable[[EpochReport], None] | None,
     should_stop: Callable[[], bool] | None,
     device: str,
+    on_model: Callable[[int, VAE], None] | None = None,
 ) -> Run:
     n_batch = len(categories) if categories else 1
     logger.info("training run %s: %s cells x %s genes, %d batches, %s", rid, f"{counts.shape[0]:,}",
                 f"{counts.shape[1]:,}", n_batch, params.likelihood)
-    result = train(counts, codes, n_batch, params, on_epoch=on_epoch, should_stop=should_stop, device=device)
+    result = train(counts, codes, n_batch, params, on_epoch=on_epoch, should_stop=should_stop, device=device,
+                   on_model=on_model)
     logger.info("run %s trained: %d epochs in %.1f s (best epoch %s)", rid, result.n_epochs_trained,
                 result.seconds, result.best_epoch)
     module = result.module
