@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from engine.model.calibration import SpeedCalibration
-from engine.model.params import Option, RunParams, choices, options, thorough, value_type
+from engine.model.params import Option, RunParams, choices, options, value_type
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ def _number(box, label: str, kind: type, option: Option, value: Any) -> Any:
         return box.slider(label, lo, hi, kind(value), step, help=option.help)
     fmt = "%g" if kind is float else None
     return box.number_input(label, lo, hi, kind(value), format=fmt, help=option.help)
-
-
-def thorough_options(n_cells: int) -> dict[str, Any]:
-    """The options the "thorough" preset (:func:`engine.model.params.thorough`) changes from the defaults."""
-    preset, base = thorough(n_cells).to_dict(), RunParams().to_dict()
-    return {name: value for name, value in preset.items() if value != base[name]}
 
 
 def expected_duration(form: TrainForm, filtered, calibration: SpeedCalibration | None) -> str:

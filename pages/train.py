@@ -7,14 +7,7 @@ from dashboard.figures import elbo_curve, preview_scatter
 from dashboard.startup import start_warm_up
 from dashboard.state import get_state
 from dashboard.summary import batch_columns
-from dashboard.train_form import (
-    TrainForm,
-    expected_duration,
-    history_frame,
-    option_inputs,
-    runs_table,
-    thorough_options,
-)
+from dashboard.train_form import TrainForm, expected_duration, history_frame, option_inputs, runs_table
 
 state = get_state()
 st.title("Train")
@@ -37,10 +30,6 @@ with st.container(border=True):
     batch = c3.selectbox("Batch key", batch_options,
                          help="Cells from different batches (samples, donors, technologies) are "
                               "aligned in the latent space.")
-    thorough = c3.checkbox("Thorough training", key="train_thorough",
-                           help="scvi-tools' settings: up to 400 epochs at learning rate 1e-3, about ten "
-                                "times longer. The default is as good on our measurements (BENCHMARKS.md, "
-                                "'Training defaults'); use this to double-check a result.")
     with st.expander("Advanced"):
         st.caption("Model")
         chosen |= option_inputs(st.columns(4), "model")
@@ -49,8 +38,6 @@ with st.container(border=True):
         default_hvg = 0 if filtered.n_vars <= 4000 else 2000
         n_top_genes = st.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
                                       default_hvg, step=100)
-    if thorough:  # the preset wins over the Advanced settings it changes
-        chosen |= thorough_options(filtered.n_obs)
     form = TrainForm(batch_key=None if batch == "(none)" else batch, n_top_genes=n_top_genes, options=chosen)
     b1, b2 = st.columns([1, 5], vertical_alignment="center")
     submitted = b1.button("Train", type="primary")

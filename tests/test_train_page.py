@@ -204,20 +204,3 @@ def test_the_page_says_how_long_the_chosen_settings_will_train(kang_small_path):
     assert expected_duration(TrainForm(), adata, None).startswith("Measuring this server's training speed")
     assert expected_duration(TrainForm(options={"lr": -1.0}), adata, cal) == ""  # refused on Train, with why
     assert [duration_text(s) for s in (0.2, 42, 250, 4800, 7200)] == ["1 s", "42 s", "4 min", "1 h 20 min", "2 h"]
-
-
-def test_thorough_training_is_one_click_away(run_cache, kang_small_path, monkeypatch):
-    from dashboard.train_form import thorough_options
-    from engine.model.params import scvi_max_epochs
-
-    assert thorough_options(12_261) == {"max_epochs": 400, "lr": 1e-3}
-    assert thorough_options(100_000)["max_epochs"] == scvi_max_epochs(100_000) == 80
-    at = uploaded_app(kang_small_path)
-    pressed: list[TrainForm] = []
-    monkeypatch.setattr(training, "submit", lambda state, form, board: pressed.append(form))
-    at.checkbox(key="train_thorough").check().run()
-    press_train(at)
-    assert pressed[-1].params().lr == 1e-3 and pressed[-1].params().max_epochs == scvi_max_epochs(1145)
-    at.checkbox(key="train_thorough").uncheck().run()
-    press_train(at)
-    assert pressed[-1].params() == RunParams()  # the defaults: fast training

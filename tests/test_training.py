@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from engine.model.params import RunParams, scvi_max_epochs, thorough
+from engine.model.params import RunParams
 from engine.model.training import (
     EpochReport,
     TrainingCancelled,
@@ -110,7 +110,7 @@ def test_diverging_training_raises_after_retry_and_saves_nothing(small, tmp_path
     bad.X.data[:] = 3e38
     epochs: list[EpochReport] = []
     with pytest.raises(TrainingDiverged, match="learning rate") as err:
-        fit(bad, params=RunParams(max_epochs=2, lr=1e-3), cache_dir=tmp_path, on_epoch=epochs.append, device="cpu")
+        fit(bad, params=RunParams(max_epochs=2), cache_dir=tmp_path, on_epoch=epochs.append, device="cpu")
     assert "0.0001" in str(err.value)  # the retry at lr / 10 is reported
     assert isinstance(err.value, ValueError)
     assert epochs == []
@@ -149,15 +149,9 @@ def test_run_params_validation_and_round_trip():
     assert RunParams.from_dict(params.to_dict()) == params
     with pytest.raises(ValueError, match="unknown RunParams"):
         RunParams.from_dict({**params.to_dict(), "epochs": 3})
-    # the epoch rule: ~490,000 cell passes (40 epochs at 12k cells), at least 10, at most 400
-    assert RunParams().resolved_max_epochs(12_261) == 40
-    assert RunParams().resolved_max_epochs(100_000) == 10
-    assert RunParams().resolved_max_epochs(1_000) == 400
-    # the thorough preset keeps scvi-tools' rule: 400 epochs up to 20k cells, fewer above
-    assert thorough(12_261).max_epochs == scvi_max_epochs(12_261) == 400
-    assert scvi_max_epochs(100_000) == 80
-    assert thorough(12_261, seed=3).seed == 3
-    # warm-up capped at half the run
+    # scvi-tools' defaults: 400 epochs up to 20k cells, fewer above; warm-up capped at half the run
+    assert RunParams().resolved_max_epochs(12_261) == 400
+    assert RunParams().resolved_max_epochs(100_000) == 80
     assert RunParams().resolved_kl_warmup_epochs(30) == 15
     assert RunParams().resolved_kl_warmup_epochs(1000) == 400
     assert RunParams(kl_warmup_epochs=400).resolved_kl_warmup_epochs(30) == 400

@@ -30,22 +30,9 @@ def scvi_max_epochs(n_cells: int) -> int:
     return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
 
 
-#: Cell passes of the default epoch rule: 40 epochs of the 12,261-cell sample, the setting chosen by
-#: measurement (BENCHMARKS.md, "Training defaults").
-DEFAULT_CELL_PASSES = 490_000
-
-
 def default_max_epochs(n_cells: int) -> int:
-    """The default epoch rule: ``min(max(round(490000 / n_cells), 10), 400)``.
-
-    A fixed budget of ~490,000 cell passes (40 epochs at 12,261 cells, chosen by measurement:
-    BENCHMARKS.md, "Training defaults"), so training time hardly grows with the data set: larger data sets
-    get fewer epochs (but at least 10; 10 epochs of 100,000 cells are still ~7,800 minibatches),
-    smaller ones more (at most 400, scvi-tools' cap: 400 from 1,225 cells down). scvi-tools' own
-    rule (8,000,000 cell passes, 400 epochs up to 20,000 cells) is :func:`scvi_max_epochs`, used by
-    the :func:`thorough` preset.
-    """
-    return max(1, min(max(round(DEFAULT_CELL_PASSES / max(n_cells, 1)), 10), 400))
+    """scvi-tools' default: ``min(round(20000 / n_cells * 400), 400)``."""
+    return scvi_max_epochs(n_cells)
 
 
 @dataclass(frozen=True)
@@ -78,15 +65,12 @@ def _option(default: Any, label: str, group: Literal["main", "model", "training"
 class RunParams:
     """Options of one training run (model, optimisation, seed).
 
-    ``max_epochs=None`` uses the epoch rule :func:`default_max_epochs` (40 epochs at 12k cells, fewer
-    for more cells). The training defaults (epoch rule, learning rate 3e-3, batch size 128, KL warm-up
-    over half the epochs) were chosen by measurement against scvi-tools' 400-epoch default
-    (BENCHMARKS.md, "Training defaults"); :func:`thorough` gives scvi-tools-like settings, ~10x longer.
+    ``max_epochs=None`` uses scvi-tools' rule :func:`default_max_epochs`.
 
     ``kl_warmup_epochs``: the KL weight of z grows linearly from 0 to 1 over this many epochs.
     scvi-tools uses 400 epochs whatever ``max_epochs`` is, so a 400-epoch run ends with a KL weight of
     0.9975 and a short run never sees the real objective: the model it returns does not maximise the
-    ELBO it is judged by. ``None`` (the default) uses scvi-tools' 400 epochs but never more than
+    ELBO it is judged by. ``None`` (the default) keeps scvi-tools' 400 epochs but never more than
     half of the epochs actually trained, so the second half always optimises the true ELBO. Pass
     ``kl_warmup_epochs=400`` to reproduce scvi-tools exactly, ``0`` for no warm-up.
 
@@ -142,13 +126,10 @@ class RunParams:
     )
     max_epochs: int | None = _option(
         None, "Epochs", "training", "Passes over the data.", minimum=1, maximum=1000,
-        auto="about 490,000 cell passes: 40 at 12k cells, min(max(round(490000 / cells), 10), 400)",
-        suggested=40,
+        auto="scvi-tools' rule, min(round(20000 / cells x 400), 400)", suggested=50,
     )
     batch_size: int = _option(128, "Batch size", "training", "Cells per minibatch.", minimum=16, maximum=4096)
-    lr: float = _option(3e-3, "Learning rate", "training",
-                        "Adam's learning rate (scvi-tools uses 1e-3 over many more epochs).",
-                        minimum=1e-5, maximum=1e-1)
+    lr: float = _option(1e-3, "Learning rate", "training", "Adam's learning rate.", minimum=1e-5, maximum=1e-1)
     lr_schedule: LrSchedule = _option(
         "constant", "Learning-rate schedule", "training",
         "Constant: the learning rate throughout. Cosine: it decays from the learning rate to 0 along a "
@@ -232,7 +213,7 @@ class RunParams:
             )
 
     def resolved_max_epochs(self, n_cells: int) -> int:
-        """``max_epochs``, or the epoch rule :func:`default_max_epochs` for ``n_cells`` cells when it is None."""
+        """``max_epochs``, or scvi-tools' default for ``n_cells`` cells when it is None."""
         return self.max_epochs if self.max_epochs is not None else default_max_epochs(n_cells)
 
     def resolved_kl_warmup_epochs(self, n_epochs: int) -> int:
@@ -293,7 +274,7 @@ def value_type(name: str) -> type:
 
 
 def thorough(n_cells: int, **overrides: Any) -> RunParams:
-    """The "thorough" preset for ``n_cells`` cells: scvi-tools-like training (slow: ~5 min at 12k cells).
+    """The "thorough" preset for ``n_cells`` cells: scvi-tools-like training, several times slower than the default.
 
     scvi-tools' epoch rule (:func:`scvi_max_epochs`: 400 epochs up to 20,000 cells), batch size 128,
     a constant learning rate of 1e-3, KL warm-up over min(400, half the epochs), early stopping on
