@@ -18,26 +18,21 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
+from scvi_common import add_common_arguments, kl_warmup_default, prepare, train, versions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="h5ad with raw counts in X")
-    parser.add_argument("--batch-key", required=True)
-    parser.add_argument("--split", required=True, help=".npz with int arrays 'train' and 'validation'")
+    add_common_arguments(parser)
     parser.add_argument(
         "--groups", required=True, help=".npz with boolean masks '<name>__1' and '<name>__2' per comparison"
     )
-    parser.add_argument("--out", required=True, help="folder for the CSV tables and the JSON")
     parser.add_argument("--tag", required=True, help="prefix of the files written, e.g. scvi_ctrl_seed0")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--delta", type=float, default=0.25)
     parser.add_argument("--fdr", type=float, default=0.05)
@@ -48,19 +43,10 @@ def main() -> None:
     args = parse_args()
     # torch/scvi are imported after argument parsing so that --help works without them
     import anndata as ad
-    import lightning.pytorch as pl
     import scvi
     import torch
 
-    scvi.settings.seed = args.seed  # seeds torch, numpy and python's random (the DE sampling too)
-    scvi.settings.dl_num_workers = 0
-    torch.set_num_threads(args.threads)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = np.load(args.split)
-    train_idx = np.asarray(split["train"], dtype=np.int64)
-    val_idx = np.asarray(split["validation"], dtype=np.int64)
+    out, train_idx, val_idx = prepare(args, threads=args.threads)
     groups = np.load(args.groups)
     names = sorted({key.rsplit("__", 1)[0] for key in groups.files})
 
@@ -78,17 +64,8 @@ def main() -> None:
         encode_covariates=False,
         deeply_inject_covariates=True,
     )
-    start = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        batch_size=args.batch_size,
-        accelerator="cpu",
-        devices=1,
-        early_stopping=False,
-        datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
-        enable_progress_bar=False,
-    )
-    train_seconds = time.perf_counter() - start
+    train_seconds = train(model, epochs=args.epochs, train_idx=train_idx, val_idx=val_idx,
+                          batch_size=args.batch_size, early_stopping=False)
 
     de_seconds = {}
     for name in names:
@@ -106,13 +83,7 @@ def main() -> None:
 
     results = {
         "tool": "scvi-tools",
-        "versions": {
-            "scvi-tools": scvi.__version__,
-            "torch": torch.__version__,
-            "lightning": pl.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "seed": args.seed,
         "threads": torch.get_num_threads(),
         "n_epochs": args.epochs,
@@ -120,7 +91,7 @@ def main() -> None:
         "de_seconds": de_seconds,
         "n_train": len(train_idx),
         "n_validation": len(val_idx),
-        "kl_warmup_epochs": inspect.signature(scvi.train.TrainingPlan).parameters["n_epochs_kl_warmup"].default,
+        "kl_warmup_epochs": kl_warmup_default(),
         "de_defaults": {
             name: parameter.default
             for name, parameter in inspect.signature(

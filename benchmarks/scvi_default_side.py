@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
-from pathlib import Path
 
 import numpy as np
+from scvi_common import add_common_arguments, prepare, train, versions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="h5ad with raw counts in X")
-    parser.add_argument("--batch-key", required=True)
-    parser.add_argument("--split", required=True, help=".npz with int arrays 'train' and 'validation'")
-    parser.add_argument("--out", required=True, help="folder for the results JSON and the latent")
+    add_common_arguments(parser)
     parser.add_argument("--epochs", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args()
 
@@ -39,40 +33,22 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     import anndata as ad
-    import lightning.pytorch as pl
     import scvi
     import torch
 
-    scvi.settings.seed = args.seed
-    scvi.settings.dl_num_workers = 0
-    torch.set_num_threads(args.threads)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = np.load(args.split)
-    train_idx = np.asarray(split["train"], dtype=np.int64)
-    val_idx = np.asarray(split["validation"], dtype=np.int64)
+    out, train_idx, val_idx = prepare(args, threads=args.threads)
 
     adata = ad.read_h5ad(args.data)
     scvi.model.SCVI.setup_anndata(adata, batch_key=args.batch_key)
     model = scvi.model.SCVI(adata)  # every default: encode_covariates=False, ZINB, 1 x 128, 10 latent
-    start = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        devices=1,
-        datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
-        enable_progress_bar=False,
-    )
-    train_seconds = time.perf_counter() - start
+    train_seconds = train(model, epochs=args.epochs, train_idx=train_idx, val_idx=val_idx)
     model.module.eval()
     elbo = -abs(float(model.get_elbo(indices=val_idx)))
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
     np.save(out / "scvi_default_latent.npy", latent)
     results = {
         "tool": "scvi-tools default",
-        "versions": {"scvi-tools": scvi.__version__, "torch": torch.__version__, "lightning": pl.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "threads": torch.get_num_threads(),
         "n_epochs": args.epochs,  # no early stopping: every epoch is trained
         "train_seconds": train_seconds,

@@ -19,24 +19,18 @@ never positive, so ``-abs(value)`` gives our convention whichever sign a version
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
+from scvi_common import add_common_arguments, kl_warmup_default, prepare, train, versions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="h5ad with raw counts in X")
-    parser.add_argument("--batch-key", required=True)
-    parser.add_argument("--split", required=True, help=".npz with int arrays 'train' and 'validation'")
-    parser.add_argument("--out", required=True, help="folder for scvi_results.json and scvi_latent.npy")
+    add_common_arguments(parser)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args()
 
@@ -49,15 +43,7 @@ def main() -> None:
     import scvi
     import torch
 
-    scvi.settings.seed = args.seed  # seeds torch, numpy and python's random
-    scvi.settings.dl_num_workers = 0  # data loading in the main process, as our engine does
-    torch.set_num_threads(args.threads)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = np.load(args.split)
-    train_idx = np.asarray(split["train"], dtype=np.int64)
-    val_idx = np.asarray(split["validation"], dtype=np.int64)
+    out, train_idx, val_idx = prepare(args, threads=args.threads)
 
     adata = ad.read_h5ad(args.data)
     scvi.model.SCVI.setup_anndata(adata, batch_key=args.batch_key)
@@ -90,22 +76,13 @@ def main() -> None:
             self.seconds.append(time.perf_counter() - self._start)
 
     timer = EpochTimer()
-    start = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        batch_size=args.batch_size,
-        accelerator="cpu",
-        devices=1,
+    train_seconds = train(
+        model, epochs=args.epochs, train_idx=train_idx, val_idx=val_idx, batch_size=args.batch_size,
         early_stopping=False,
-        # the same cells as our engine trains and validates on (scvi's own split would be another
-        # seeded 90/10 split: same sizes, different cells)
-        datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
         # validate every epoch as our engine does (scvi-tools skips it without early stopping)
         check_val_every_n_epoch=1,
-        enable_progress_bar=False,
         callbacks=[timer],
     )
-    train_seconds = time.perf_counter() - start
 
     model.module.eval()
     elbo = -abs(float(model.get_elbo(indices=val_idx)))
@@ -118,13 +95,7 @@ def main() -> None:
     val_curve = history.get("elbo_validation")
     results = {
         "tool": "scvi-tools",
-        "versions": {
-            "scvi-tools": scvi.__version__,
-            "torch": torch.__version__,
-            "lightning": pl.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "threads": torch.get_num_threads(),
         "n_epochs": args.epochs,
         "train_seconds": train_seconds,
@@ -136,7 +107,7 @@ def main() -> None:
         "kl_validation": reconstruction - elbo,
         "elbo_validation_curve": None if val_curve is None else [-abs(float(v)) for v in val_curve.iloc[:, 0]],
         # the KL warm-up actually used: scvi-tools' default, whatever max_epochs is
-        "kl_warmup_epochs": inspect.signature(scvi.train.TrainingPlan).parameters["n_epochs_kl_warmup"].default,
+        "kl_warmup_epochs": kl_warmup_default(),
     }
     (out / "scvi_results.json").write_text(json.dumps(results, indent=2))
 

@@ -144,7 +144,7 @@ def results_panel() -> None:
     m2.metric(f"Up in {names[0]}", f"{up:,}")
     m3.metric(f"Up in {names[1]}", f"{n_de - up:,}")
     st.caption(explain_calls(result.mode, delta=delta, fdr=fdr))
-    reasons = why_few_calls(result, delta=delta, fdr=fdr, n_epochs_trained=run.metrics.get("n_epochs_trained"))
+    reasons = why_few_calls(result, table, delta=delta, fdr=fdr, n_epochs_trained=run.metrics.get("n_epochs_trained"))
     if reasons:
         passing = "No gene passes." if n_de == 0 else f"Only {n_de} gene{'s pass' if n_de > 1 else ' passes'}."
         st.info(f"{passing} " + " ".join(reasons), icon=":material/lightbulb:")

@@ -144,24 +144,29 @@ def test_higher_delta_calls_fewer_genes():
     assert calls[0] >= 1 and calls[-1] == 0
 
 
+def _why(result: DEResult, **options) -> list[str]:
+    """why_few_calls with the table it is given on the page, thresholded as asked."""
+    return why_few_calls(result, result.table(delta=options["delta"], fdr=options["fdr"]), **options)
+
+
 def test_the_page_explains_p_de_and_says_why_few_genes_pass():
     text = explain_calls("change", delta=0.25, fdr=0.05)
     assert "1.19-fold" in text and "5%" in text and "false calls" in text
     assert "more highly expressed" in explain_calls("vanilla", delta=0.25, fdr=0.1)
     strong = _synthetic_result("change")  # one gene changes 4-fold, 100 cells per group
-    assert why_few_calls(strong, delta=0.25, fdr=0.05, few=1) == []  # enough genes called
-    reasons = why_few_calls(strong, delta=3.0, fdr=0.05, n_epochs_trained=8)
+    assert _why(strong, delta=0.25, fdr=0.05, few=1) == []  # enough genes called
+    reasons = _why(strong, delta=3.0, fdr=0.05, n_epochs_trained=8)
     assert any("only 8 epochs" in r for r in reasons)
     assert any("delta is 3" in r and "8.0-fold" in r for r in reasons)
     assert any("No gene reaches P(DE) 0.95" in r for r in reasons)
     assert not any("smaller group" in r for r in reasons)  # 100 cells each is enough
     # the highest P(DE) is never rounded up to the threshold it misses
-    near = why_few_calls(strong, delta=1.97, fdr=0.05)
+    near = _why(strong, delta=1.97, fdr=0.05)
     best = strong.table(delta=1.97)["proba_de"].max()
     if best < 0.95:
         assert f"the highest is {np.floor(best * 1000) / 1000:.3f}" in " ".join(near)
     flat = _synthetic_result("change", fold=1.0)  # nothing changes
-    assert any("may hardly differ" in r for r in why_few_calls(flat, delta=0.25, fdr=0.05, n_epochs_trained=400))
+    assert any("may hardly differ" in r for r in _why(flat, delta=0.25, fdr=0.05, n_epochs_trained=400))
 
 
 def test_table_refuses_bad_thresholds():

@@ -485,13 +485,20 @@ def explain_calls(mode: Mode, *, delta: float, fdr: float) -> str:
 
 
 def why_few_calls(
-    result: DEResult, *, delta: float, fdr: float, n_epochs_trained: int | None = None, few: int = FEW_CALLS
+    result: DEResult,
+    table: pd.DataFrame,
+    *,
+    delta: float,
+    fdr: float,
+    n_epochs_trained: int | None = None,
+    few: int = FEW_CALLS,
 ) -> list[str]:
-    """Plain reasons why fewer than ``few`` genes are called at ``delta`` and ``fdr``, each with what to try.
+    """Plain reasons why fewer than ``few`` genes are called, each with what to try.
 
-    Empty when enough genes are called. ``n_epochs_trained``: the run's, when known.
+    ``table`` is ``result.table(delta=delta, fdr=fdr)`` (the page has it already; re-thresholding
+    it again would double the work of a slider move). Empty when enough genes are called.
+    ``n_epochs_trained``: the run's, when known.
     """
-    table = result.table(delta=delta, fdr=fdr)
     if int(table["is_de_fdr"].sum()) >= few:
         return []
     reasons = []

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 __all__ = [
     "Dispersion", "Library", "Likelihood", "LrSchedule", "Option", "Prior", "RunParams", "default_max_epochs",
-    "options", "scvi_max_epochs", "thorough",
+    "options",
 ]
 
 Likelihood = Literal["zinb", "nb", "poisson", "zip", "gaussian"]
@@ -25,14 +25,9 @@ COUNT_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb", "poisson", "zip")
 DISPERSED_LIKELIHOODS: tuple[str, ...] = ("zinb", "nb")
 
 
-def scvi_max_epochs(n_cells: int) -> int:
-    """scvi-tools' epoch rule: ``min(round(20000 / n_cells * 400), 400)`` (the :func:`thorough` preset's)."""
-    return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
-
-
 def default_max_epochs(n_cells: int) -> int:
     """scvi-tools' default: ``min(round(20000 / n_cells * 400), 400)``."""
-    return scvi_max_epochs(n_cells)
+    return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
 
 
 @dataclass(frozen=True)
@@ -271,25 +266,3 @@ def value_type(name: str) -> type:
         return str
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     return args[0]
-
-
-def thorough(n_cells: int, **overrides: Any) -> RunParams:
-    """The "thorough" preset for ``n_cells`` cells: scvi-tools-like training, several times slower than the default.
-
-    scvi-tools' epoch rule (:func:`scvi_max_epochs`: 400 epochs up to 20,000 cells), batch size 128,
-    a constant learning rate of 1e-3, KL warm-up over min(400, half the epochs), early stopping on
-    the validation ELBO after 45 epochs without any improvement. ``overrides`` set other options
-    (e.g. ``seed``, ``likelihood``). A new :class:`RunParams` each call: the preset is a value, not
-    shared state.
-    """
-    settings: dict[str, Any] = {
-        "max_epochs": scvi_max_epochs(n_cells),
-        "batch_size": 128,
-        "lr": 1e-3,
-        "lr_schedule": "constant",
-        "kl_warmup_epochs": None,
-        "early_stopping": True,
-        "patience": 45,
-        "min_improvement": 0.0,
-    }
-    return RunParams(**{**settings, **overrides})

@@ -154,17 +154,17 @@ def _previewer(
 
     cells = preview_cells(counts.shape[0])
     sub_counts, sub_codes = counts[cells], codes[cells]
-    last: list[np.ndarray] = []  # the previous layout, so the next one continues from it
+    last: np.ndarray | None = None  # the previous layout, so the next one continues from it
 
     def on_model(epoch: int, module: VAE) -> None:
+        nonlocal last
         if epoch % max(every, 1):
             return
         latent = posterior_means(module, sub_counts, sub_codes)  # eval mode; the next epoch resets it
         if not np.isfinite(latent).all():
             return
-        layout = preview_layout(latent, start=last[-1] if last else None)
-        last[:] = [layout]
-        on_preview(epoch, layout)
+        last = preview_layout(latent, start=last)
+        on_preview(epoch, last)
 
     return on_model
 
