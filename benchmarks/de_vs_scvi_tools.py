@@ -135,7 +135,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from engine.model.params import default_max_epochs
+    from engine.model.params import scvi_max_epochs
     from engine.model.training import split_cells
 
     torch.set_num_threads(args.threads)
@@ -160,7 +160,7 @@ def main() -> None:
             "adata": stim,
             "path": stim_path,
             "batch_key": "donor",
-            "epochs": args.stim_epochs or default_max_epochs(stim.n_obs),
+            "epochs": args.stim_epochs or scvi_max_epochs(stim.n_obs),
         },
     }
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -46,7 +46,8 @@ SCVI_ROW = "scvi-tools default"
 #: with ``max_epochs=None``), spelled out so that the grid does not move when RunParams' defaults do.
 #: Model options keep RunParams' defaults (ZINB, 1 x 128 hidden, 10 latent, batch in the encoder).
 BASE: dict = {
-    "max_epochs": None, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "kl_warmup_epochs": None,
+    "schedule": "thorough", "max_epochs": None, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant",
+    "kl_warmup_epochs": None,
     "early_stopping": True, "patience": 45, "min_improvement": 0.0, "validation_fraction": 0.1,
 }
 #: Candidate settings: overrides of ``BASE``. ``kl_warmup_epochs`` None = half of the epochs (at most

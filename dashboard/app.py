@@ -43,9 +43,14 @@ if state.dataset is None and state.load_error is None:
 if state.watched_job is None and "run" in st.query_params:
     state.watched_job = st.query_params["run"]
 
-with st.sidebar:
+def dataset_line(slot) -> None:
+    """The dataset's name and size in the sidebar."""
     if state.filtered is not None and state.dataset is not None:
-        st.caption(f"**{state.dataset.name}**  \n{state.filtered.n_obs:,} cells x "
-                   f"{state.filtered.n_vars:,} genes after QC")
+        slot.caption(f"**{state.dataset.name}**  \n{state.filtered.n_obs:,} cells x "
+                     f"{state.filtered.n_vars:,} genes after QC")
 
+
+summary = st.sidebar.empty()
+dataset_line(summary)
 page.run()
+dataset_line(summary)  # again: the page may have just applied new QC thresholds

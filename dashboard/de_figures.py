@@ -24,7 +24,7 @@ GROUP_COLORS = ("#4C78A8", "#F58518")
 WEBGL_GENES = 5000
 
 Y_TITLES = {
-    "proba_de": "P(DE): posterior probability of differential expression",
+    "proba_de": "P(DE), posterior probability",
     "bayes_factor": "|log Bayes factor|",
 }
 
@@ -51,12 +51,14 @@ def volcano(
     delta: float | None = None,
     group_names: tuple[str, str] = ("group 1", "group 2"),
     selected: str | None = None,
+    label_top: int = 10,
 ) -> go.Figure:
     """Volcano plot of a DE table (:meth:`engine.analysis.de.DEResult.table`): LFC mean against ``y``.
 
     Genes with ``is_de_fdr`` are red, others grey. Dashed lines mark ``+-delta`` (pass None in
     vanilla mode, which has no delta) and the smallest ``y`` of the genes called DE, i.e. where the
-    FDR threshold falls. ``selected`` (a var_name) is ringed and labelled.
+    FDR threshold falls. ``selected`` (a var_name) is ringed and labelled. The ``label_top`` genes
+    called DE that rank first (by ``y``, then ``|LFC|``) carry their names.
     """
     values = volcano_y(table, y)
     is_de = table["is_de_fdr"].to_numpy(dtype=bool)
@@ -87,8 +89,17 @@ def volcano(
             fig.add_vline(x=x, line_dash="dash", line_color="#666", line_width=1)
     if is_de.any():
         cut = float(values[is_de].min())
+        # Labelled inside the plot on the right, clear of the y axis's ticks and title.
         fig.add_hline(y=cut, line_dash="dot", line_color=DE_COLOR, line_width=1,
-                      annotation_text="FDR threshold", annotation_position="bottom left")
+                      annotation_text="FDR threshold", annotation_position="bottom right",
+                      annotation_font=dict(size=11, color=DE_COLOR))
+    for k, row in enumerate(top_genes(table, values, label_top)):
+        lfc = float(table["lfc_mean"].iloc[row])
+        fig.add_annotation(
+            x=lfc, y=float(values[row]), text=str(table["gene"].iloc[row]), showarrow=True, arrowhead=0,
+            arrowwidth=1, arrowcolor="#555", ax=(30 if lfc >= 0 else -30), ay=-14 - 12 * (k % 3),
+            font=dict(size=11), bgcolor="rgba(255,255,255,0.7)",
+        )
     if selected is not None and selected in table.index:
         row = table.index.get_loc(selected)
         fig.add_trace(go.Scatter(
@@ -100,11 +111,23 @@ def volcano(
         ))
     fig.update_layout(
         title=f"{g1} vs {g2}: {int(is_de.sum()):,} of {len(table):,} genes DE",
-        xaxis_title=f"LFC mean (log2 {g1} / {g2})", yaxis_title=Y_TITLES[y],
-        legend=dict(orientation="h", y=-0.18), margin=_MARGIN, height=480,
+        xaxis=dict(title=f"LFC mean (log2 {g1} / {g2})", automargin=True),
+        # automargin moves the title clear of the tick labels, in the browser and in PNG/SVG export
+        yaxis=dict(title=dict(text=Y_TITLES[y], standoff=8), automargin=True),
+        legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=50, b=10), height=480,
         clickmode="event+select", dragmode="pan",
     )
     return fig
+
+
+def top_genes(table: pd.DataFrame, values: np.ndarray, n: int) -> list[int]:
+    """Row positions of the ``n`` genes called DE that rank first by ``values``, then by ``|lfc_mean|``."""
+    called = np.flatnonzero(table["is_de_fdr"].to_numpy(dtype=bool))
+    if n <= 0 or called.size == 0:
+        return []
+    lfc = np.abs(table["lfc_mean"].to_numpy(dtype=float)[called])
+    order = np.lexsort((-lfc, -values[called]))  # last key first: y, then |LFC|
+    return [int(i) for i in called[order[:n]]]
 
 
 def clicked_gene(points: Sequence[Mapping]) -> str | None:

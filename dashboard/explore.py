@@ -26,6 +26,7 @@ import streamlit as st
 
 from dashboard.active_run import active_run
 from dashboard.explore_figures import Colouring
+from dashboard.progress import progress_bar, steps
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
@@ -94,23 +95,18 @@ def _adata_with_graph(run_id: str, key: str, latent: np.ndarray) -> ad.AnnData:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _umap(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
-    adata = _adata_with_graph(run_id, key, _latent)
-    eemb.umap(adata, seed=SEED)
+    with progress_bar(f"UMAP of {len(_latent):,} cells (first time only)") as show:
+        show(0.0, "neighbour graph")
+        adata = _adata_with_graph(run_id, key, _latent)
+        eemb.umap(adata, seed=SEED, on_progress=steps(show, 0.3, 1.0, "layout"))
     return np.asarray(adata.obsm["X_umap"], dtype=np.float32)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
-    # The progress bar lives inside the cached function (Streamlit replays a cached function's
-    # elements; one outside it could not be replayed) and is emptied at the end.
-    bar = st.empty()
-
-    def show(done: float) -> None:
-        bar.progress(done, text=f"t-SNE of {len(_latent):,} cells (first time only): {done:.0%}")
-
-    adata = _latent_adata(_latent, len(_latent))
-    eemb.tsne(adata, use_rep="X_scVI", seed=SEED, on_progress=show)
-    bar.empty()
+    with progress_bar(f"t-SNE of {len(_latent):,} cells (first time only)") as show:
+        adata = _latent_adata(_latent, len(_latent))
+        eemb.tsne(adata, use_rep="X_scVI", seed=SEED, on_progress=show)
     return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
 
 
@@ -438,10 +434,13 @@ def _uncorrected(key: str, _filtered: ad.AnnData) -> tuple[np.ndarray, np.ndarra
     adata = ad.AnnData(obs=pd.DataFrame(index=_filtered.obs_names),
                        var=pd.DataFrame(index=_filtered.var_names))
     adata.layers["counts"] = _counts(_filtered)
-    eemb.pca_uncorrected(adata, layer="counts", seed=SEED)
-    adata.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
-    _graph_of(adata, "X_pca")
-    eemb.umap(adata, seed=SEED)
+    with progress_bar(f"Uncorrected view of {adata.n_obs:,} cells") as show:
+        show(0.0, "PCA of the log-normalised counts")
+        eemb.pca_uncorrected(adata, layer="counts", seed=SEED)
+        adata.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
+        show(0.3, "neighbour graph")
+        _graph_of(adata, "X_pca")
+        eemb.umap(adata, seed=SEED, on_progress=steps(show, 0.5, 1.0, "UMAP layout"))
     return adata.obsm["X_pca"], np.asarray(adata.obsm["X_umap"], dtype=np.float32)
 
 
@@ -452,7 +451,10 @@ def _metrics(rep: str, run_id: str, key: str, batch_key: str, resolution: float,
                                          "label": pd.Categorical(_labels)},
                                         index=pd.RangeIndex(len(_batch)).astype(str)))
     adata.obsm["rep"] = np.asarray(_rep, dtype=np.float32)
-    return ebm.batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
+    where = "the uncorrected data" if rep == "X_pca" else "the scVI latent"
+    with progress_bar(f"Batch-mixing scores of {where}") as show:
+        show(0.1, "neighbours, entropy, iLISI and silhouettes")
+        return ebm.batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
 
 
 def batch_comparison(state: AppState, run) -> BatchComparison:
@@ -484,7 +486,8 @@ METRIC_HELP = {
     "batch_silhouette": "Batch silhouette: 1 - |silhouette of batches|; higher = batches better mixed.",
     "batch_entropy": "Batch entropy: how evenly the batches share each cell's neighbourhood (0-1); "
                      "higher = better mixed.",
-    "ilisi": "iLISI: effective number of batches among a cell's neighbours; higher = better mixed.",
+    "ilisi": "iLISI, scaled 0-1: the effective number of batches among a cell's neighbours, "
+             "0 = all from one batch, 1 = every batch equally; higher = better mixed.",
     "label_silhouette": "Cluster silhouette: how well the clusters stay apart; higher = biology "
                         "better kept.",
 }

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+
+from dashboard.palettes import palette_for
 
 # Above this many cells a scatter draws a seeded random subsample of this size and says so.
 MAX_POINTS = 200_000
 SUBSAMPLE_SEED = 0
 
-# Distinct colours for categories, in order; categories beyond the palette reuse it from the start.
-PALETTE = tuple(qualitative.T10 + qualitative.Dark24 + qualitative.Light24)
 MISSING_COLOUR = "#BBBBBB"
 MISSING_LABEL = "(no value)"
 CONTINUOUS_SCALE = "Viridis"
@@ -56,21 +55,29 @@ def subsample(n_cells: int, *, max_points: int = MAX_POINTS, seed: int = SUBSAMP
 
 
 def category_colours(n_categories: int) -> list[str]:
-    """Colour of each category, by position (stable when categories are renamed)."""
-    return [PALETTE[i % len(PALETTE)] for i in range(n_categories)]
+    """Colour of each category, by position (stable when categories are renamed), as scanpy colours them.
+
+    Up to 20 categories scanpy's default_20, up to 28 its default_28, then its 102 distinct colours
+    (reused from the start beyond 102).
+    """
+    palette = palette_for(n_categories)
+    return [palette[i % len(palette)] for i in range(n_categories)]
 
 
-def hover_text(cells: pd.Index, clusters: pd.Categorical | np.ndarray) -> np.ndarray:
-    """Per-cell hover lines: the cell id and its cluster."""
-    return (pd.Series(np.asarray(cells, dtype=str)) + "<br>cluster: "
-            + pd.Series(np.asarray(clusters, dtype=str))).to_numpy()
+def hover_text(clusters: pd.Categorical | np.ndarray) -> np.ndarray:
+    """Per-cell hover line: the cell's cluster (by its name once named).
+
+    Cell barcodes are left out: they mean nothing on a slide, and at 12k cells they tripled the
+    bytes of every redraw (848 vs 289 KB of JSON).
+    """
+    return np.asarray(clusters, dtype=str)
 
 
-def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Index,
-                      clusters: pd.Categorical, title: str, point_size: float = 3.0,
+def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, clusters: pd.Categorical,
+                      title: str, point_size: float = 3.0,
                       opacity: float = 0.8, max_points: int = MAX_POINTS,
                       seed: int = SUBSAMPLE_SEED, height: int = 620,
-                      show_legend: bool = True) -> go.Figure:
+                      show_legend: bool = True, labels_on_data: bool = False) -> go.Figure:
     """A 2-D embedding of cells (UMAP, t-SNE), coloured by ``colouring``.
 
     Parameters
@@ -80,24 +87,27 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
     colouring
         One value per cell; categorical values give one trace per category (legend), continuous
         values one trace with a colour bar, high values drawn on top.
-    cells, clusters
-        Cell ids and cluster labels, shown on hover.
+    clusters
+        Cluster labels (names), shown on hover.
     max_points, seed
         Subsampling above ``max_points`` cells (see :func:`subsample`).
+    labels_on_data
+        Write each category's name at the median position of its cells (scanpy's
+        ``legend_loc="on data"``); categorical colourings only.
     """
     coords = np.asarray(coords)
     n = coords.shape[0]
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords has shape {coords.shape}; expected (n_cells, 2)")
-    if len(colouring.values) != n or len(cells) != n or len(clusters) != n:
-        raise ValueError(f"coords ({n} cells), colouring ({len(colouring.values)}), cells "
-                         f"({len(cells)}) and clusters ({len(clusters)}) must have one entry per cell")
+    if len(colouring.values) != n or len(clusters) != n:
+        raise ValueError(f"coords ({n} cells), colouring ({len(colouring.values)}) and clusters "
+                         f"({len(clusters)}) must have one entry per cell")
     rows = subsample(n, max_points=max_points, seed=seed)
     if len(rows) < n:
         title = f"{title}<br><sup>random {len(rows):,} of {n:,} cells shown (seed {seed})</sup>"
     # float32 halves the bytes sent; 3 decimals are far below a pixel on any embedding scale.
     xy = np.round(coords[rows].astype(np.float32), 3)
-    text = hover_text(cells[rows], np.asarray(clusters)[rows])
+    text = hover_text(np.asarray(clusters)[rows])
     marker = dict(size=point_size, opacity=opacity)
     # Traces as dicts: go.Figure validates them once, where trace objects would be deep-copied
     # (every hover string of every point) on the way in.
@@ -124,9 +134,13 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
                         colorbar=dict(title=dict(text=colouring.label, side="right"),
                                       thickness=12) if show_legend else None,
                         showscale=show_legend),
-            hovertemplate=f"%{{text}}<br>{colouring.label}: %{{marker.color:.3g}}<extra></extra>",
+            hovertemplate=f"cluster: %{{text}}<br>{colouring.label}: %{{marker.color:.3g}}<extra></extra>",
         ))
     fig = go.Figure(traces)
+    if labels_on_data and colouring.categorical:
+        for name, (x, y) in category_centres(coords, colouring.values).items():
+            fig.add_annotation(x=x, y=y, text=f"<b>{name}</b>", showarrow=False, font=dict(size=12, color="#222"),
+                               bgcolor="rgba(255,255,255,0.6)")
     fig.update_layout(
         title=dict(text=title), height=height, margin=dict(l=10, r=10, t=60, b=10),
         dragmode="lasso", plot_bgcolor="white", legend=dict(itemsizing="constant", title=colouring.label),
@@ -138,13 +152,24 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, cells: pd.Ind
     return fig
 
 
+def category_centres(coords: np.ndarray, values: pd.Categorical) -> dict[str, tuple[float, float]]:
+    """Median position of the cells of each category (where its name goes on the plot), in category order."""
+    codes = np.asarray(values.codes)
+    centres = {}
+    for code, name in enumerate(values.categories):
+        mask = codes == code
+        if mask.any():
+            centres[str(name)] = (float(np.median(coords[mask, 0])), float(np.median(coords[mask, 1])))
+    return centres
+
+
 def _points(xy: np.ndarray, rows: np.ndarray, text: np.ndarray, mask: np.ndarray, *, name: str,
             marker: dict, label: str, show_legend: bool) -> dict:
     return dict(
         type="scattergl", x=xy[mask, 0], y=xy[mask, 1], customdata=rows[mask], text=text[mask], mode="markers",
         name=name, legendgroup=name, showlegend=show_legend, marker=marker,
         # the hover text already names the cluster: colouring by cluster adds no second line
-        hovertemplate="%{text}" + ("" if label.lower() == "cluster" else f"<br>{label}: {name}")
+        hovertemplate="cluster: %{text}" + ("" if label.lower() == "cluster" else f"<br>{label}: {name}")
         + "<extra></extra>",
     )
 

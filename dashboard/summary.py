@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import pandas as pd
 import streamlit as st
@@ -56,3 +58,21 @@ def grouping_columns(adata: ad.AnnData) -> list[str]:
 def batch_columns(adata: ad.AnnData) -> list[str]:
     """Obs columns offered as a batch key."""
     return categorical_columns(adata, max_values=MAX_BATCHES, min_values=1)
+
+
+#: Words that name a batch in obs column names, most specific first (issue 18: the sample has ``donor``).
+BATCH_WORDS = ("batch", "donor", "sample", "library", "tech", "patient", "individual", "lane")
+
+
+def default_batch_key(columns: list[str]) -> str | None:
+    """The batch key to preselect: the first column named like a batch (:data:`BATCH_WORDS`), else None.
+
+    Whole words of the name count (``donor``, ``donor_id``, ``Sample``), not substrings of other
+    words (``resample_flag``).
+    """
+    for word in BATCH_WORDS:
+        for column in columns:
+            parts = re.split(r"[^a-z0-9]+", column.lower())
+            if word in parts or (word == "tech" and "technology" in parts):
+                return column
+    return None

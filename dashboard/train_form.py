@@ -33,17 +33,26 @@ class TrainForm:
         return RunParams(**self.options)
 
 
-def option_inputs(columns: Sequence, group: str) -> dict[str, Any]:
+def option_inputs(columns: Sequence, group: str, chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Widgets for the :class:`RunParams` options of one ``group`` ("main", "model", "training").
 
     They are spread over ``columns``, each labelled, bounded and explained by its :class:`Option`;
-    returns the chosen values by field name.
+    returns the chosen values by field name. An option that only matters with some value of another
+    (``Option.shown_with``, e.g. K with the mixture prior) is asked only then; ``chosen`` holds the
+    values picked in earlier groups.
     """
-    chosen = {}
+    picked: dict[str, Any] = {}
     fields = [(name, f, o) for name, (f, o) in options().items() if o.group == group]
-    for i, (name, f, option) in enumerate(fields):
-        chosen[name] = _input(columns[i % len(columns)], name, f.default, option)
-    return chosen
+    shown = 0
+    for name, f, option in fields:
+        if option.shown_with is not None:
+            other, values = option.shown_with
+            current = {**(chosen or {}), **picked}.get(other, options()[other][0].default)
+            if current not in values:
+                continue  # keeps its default, which the run ignores
+        picked[name] = _input(columns[shown % len(columns)], name, f.default, option)
+        shown += 1
+    return picked
 
 
 def _input(box, name: str, default: Any, option: Option) -> Any:

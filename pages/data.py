@@ -150,7 +150,7 @@ def quality_control() -> None:
             st.plotly_chart(qc_violin(obs, "pct_counts_mt", groupby=groupby,
                                       upper=thresholds.max_pct_mt if thresholds.max_pct_mt < 100 else None),
                             width="stretch")
-            st.caption(f"{n_mt} mitochondrial genes.")
+            st.caption(f"{n_mt} mitochondrial gene{'' if n_mt == 1 else 's'}.")
         else:
             st.info(f"No gene name starts with {' or '.join(state.mito_prefixes) or '(no prefix)'}: "
                     "% mitochondrial is 0 for every cell. Change the prefixes if your mitochondrial "

@@ -23,16 +23,31 @@ MODE_HELP = {
 }
 TABLE_COLUMNS = ["gene", "lfc_mean", "proba_de", "bayes_factor", "is_de_fdr", "mean_norm_1",
                  "mean_norm_2", "frac_expr_1", "frac_expr_2", "lfc_low", "lfc_high", "var_name"]
-# The symbol comes first; the var_name (often an Ensembl id) last, so the numbers fit the column.
-TABLE_CONFIG = {
-    "is_de_fdr": st.column_config.CheckboxColumn("DE"),
-    "lfc_mean": st.column_config.NumberColumn(format="%.2f"),
-    "proba_de": st.column_config.NumberColumn(format="%.3f"),
-    "bayes_factor": st.column_config.NumberColumn(format="%.2f"),
-    **{c: st.column_config.NumberColumn(format="%.3g")
-       for c in ("mean_norm_1", "mean_norm_2", "lfc_low", "lfc_high")},
-    **{c: st.column_config.NumberColumn(format="%.2f") for c in ("frac_expr_1", "frac_expr_2")},
-}
+
+
+def table_config(group1: str, group2: str) -> dict:
+    """Headers a biologist reads, with what each number means on hover."""
+    number = st.column_config.NumberColumn
+    return {
+        "gene": st.column_config.TextColumn("Gene", pinned=True),
+        "lfc_mean": number("log2 FC", format="%.2f",
+                           help=f"Posterior mean log2 fold change, {group1} over {group2}."),
+        "proba_de": number("P(DE)", format="%.3f", help="Posterior probability that the gene is DE."),
+        "bayes_factor": number("log BF", format="%.2f", help="log Bayes factor of DE against not DE."),
+        "is_de_fdr": st.column_config.CheckboxColumn("DE", help="Called DE at the FDR target."),
+        "mean_norm_1": number(f"Expr. {group1}", format="%.3g",
+                              help=f"Mean denoised expression in {group1} (counts per 10,000)."),
+        "mean_norm_2": number(f"Expr. {group2}", format="%.3g",
+                              help=f"Mean denoised expression in {group2} (counts per 10,000)."),
+        "frac_expr_1": number(f"% cells {group1}", format="percent",
+                              help=f"Share of {group1} cells with at least one count."),
+        "frac_expr_2": number(f"% cells {group2}", format="percent",
+                              help=f"Share of {group2} cells with at least one count."),
+        "lfc_low": number("FC low", format="%.2f", help="Lower end of the 90% credible interval of log2 FC."),
+        "lfc_high": number("FC high", format="%.2f", help="Upper end of the 90% credible interval of log2 FC."),
+        "var_name": st.column_config.TextColumn("Gene id"),
+    }
+
 
 state = get_state()
 session = dede.de_session()
@@ -94,19 +109,23 @@ with st.container(border=True):
         mask1 = mask2 = None
     pressed = st.button("Run differential expression", type="primary", disabled=mask1 is None)
 
+# One slot for the hint and the progress: while a comparison runs, its progress bar takes the
+# hint's place instead of the hint lingering below it.
+status = st.empty()
 if pressed and mask1 is not None:
     request = dede.DERequest(run_id=run.run_id, comparison=comparison, mode=mode,
                              batch_correction=batch_correction and not no_batch)
     try:
-        with st.spinner(f"Drawing posterior expression of {comparison.describe()}..."):
+        with status.container():
             dede.differential_expression(state, request, mask1, mask2, run)
         session.request = request
         session.selected_gene = None
     except ValueError as err:
-        st.error(str(err))
+        status.error(str(err))
 
 if session.request is None or session.request.run_id != run.run_id:
-    st.info("Pick two groups and press **Run differential expression**.")
+    if not (pressed and mask1 is not None):
+        status.info("Pick two groups and press **Run differential expression**.")
     st.stop()
 
 request = session.request
@@ -151,14 +170,14 @@ def results_panel() -> None:
 
     # The table is drawn before the volcano and the volcano's click is read from the session state,
     # so the gene just picked is ringed on the volcano in this same run.
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     with right:
         query = st.text_input("Filter genes", key="de_query", placeholder="e.g. CD14 or ENSG...")
         only_de = st.checkbox("Only genes called DE", key="de_only_de")
         shown = dede.gene_options(table[table["is_de_fdr"]] if only_de else table, query)
         rows = st.dataframe(shown.reset_index()[TABLE_COLUMNS], height=420, key="de_table",
                             on_select="rerun", selection_mode="single-row", hide_index=True,
-                            column_config=TABLE_CONFIG)
+                            column_config=table_config(*names))
         st.caption(f"{len(shown):,} of {len(table):,} genes. Click a row or a column header.")
     picked_rows = rows.selection.rows
     clicked = st.session_state.get("de_volcano") or {}

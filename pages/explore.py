@@ -49,14 +49,16 @@ def scatter_panel() -> None:
                 help="observed: log1p of the counts per 10,000 in each cell. denoised: the "
                      "model's estimate of the same quantity at each cell's position in the latent "
                      "space, without the sampling noise of the counts.")
+        on_data = st.checkbox("Names on the plot", value=True, key="explore_labels_on_data",
+                              disabled=source not in ("Cluster", "Annotation"),
+                              help="Write each cluster's (or category's) name over its cells.")
         point_size = st.slider("Point size", 1.0, 10.0, 3.0, step=0.5, key="explore_point_size")
         opacity = st.slider("Opacity", 0.1, 1.0, 0.8, step=0.05, key="explore_opacity")
 
     with chart:
         started = time.perf_counter()
-        with st.spinner(f"Computing the neighbour graph, {kind} and Leiden clusters of this run "
-                        f"(first time only)..."):
-            coords = ex.embedding(state, run, kind)
+        coords = ex.embedding(state, run, kind)  # a progress bar the first time
+        with st.spinner("Clustering the cells (first time only)..."):
             clusters = ex.cluster_labels(state, run, filtered)
         try:
             with st.spinner("Computing the colours..."):
@@ -64,8 +66,8 @@ def scatter_panel() -> None:
         except ValueError as err:
             st.warning(str(err), icon=":material/warning:")
             colour = ex.colouring(state, run, source="Cluster")
-        fig = embedding_scatter(coords, colouring=colour, cells=filtered.obs_names,
-                                clusters=clusters.array, title=f"{kind} of the latent space",
+        fig = embedding_scatter(coords, colouring=colour, clusters=clusters.array, labels_on_data=on_data,
+                                title=f"{kind} of the latent space",
                                 point_size=point_size, opacity=opacity)
         event = st.plotly_chart(fig, width="stretch", key="explore_scatter", on_select="rerun",
                                 selection_mode=("lasso", "box"))
@@ -159,8 +161,8 @@ if run.batch_key is not None:
                 cols = st.columns(2)
                 for col, col_colour in zip(cols, (batches, cluster_colour), strict=True):
                     col.plotly_chart(
-                        embedding_scatter(coords_b, colouring=col_colour, cells=filtered.obs_names,
-                                          clusters=clusters.array, point_size=2, opacity=0.8,
+                        embedding_scatter(coords_b, colouring=col_colour, clusters=clusters.array,
+                                          point_size=2, opacity=0.8,
                                           title=f"{label}: by {col_colour.label}", height=380),
                         width="stretch", key=f"explore_batch_{label}_{col_colour.label}")
             st.dataframe(ex.metrics_table(comparison), hide_index=True, width="stretch",

@@ -7,34 +7,45 @@ from dashboard import explore
 from dashboard import export as dexport
 from dashboard.active_run import require_active_run
 from dashboard.de_figures import concordance_scatter, gene_violins, volcano
+from dashboard.progress import progress_bar
 from dashboard.state import get_state
 
 state = get_state()
 st.title("Export")
-st.caption("Everything here reopens elsewhere: the dataset in scanpy and cellxgene, the tables in "
-           "any spreadsheet, the model with `engine.runs.storage.load_run`.")
+st.caption("Take your results elsewhere: the annotated cells for scanpy, cellxgene or a "
+           "collaborator, the DE table for a spreadsheet, figures for slides and papers, and the "
+           "trained model itself.")
 
 run = require_active_run(state)
 stem = f"atlas_{run.run_id[:10]}"
 
 # ---- The annotated dataset ------------------------------------------------------------------------
 with st.container(border=True):
-    st.subheader("Dataset (.h5ad)")
+    st.subheader("Annotated cells (.h5ad)")
     st.markdown(
-        "`X`: log1p(counts per 10,000), what cellxgene displays · `layers['counts']`: raw counts · "
-        "`obsm['X_scVI']`: latent · `obsm['X_umap']`, `obsm['X_tsne']` (if computed) · "
-        "`obs['leiden']`: clusters with your names · `uns['atlas_run']`: run id, parameters, metrics.")
+        "One file with every cell that passed QC: its counts, its position in the model's latent "
+        "space, the UMAP (and t-SNE, if you computed it), the clusters with the names you gave "
+        "them, and how the model was trained. It opens in scanpy, cellxgene and Seurat "
+        "(through SeuratDisk or zellkonverter).")
+    with st.expander("For scanpy users: where things are"):
+        st.markdown(
+            "`X`: log1p(counts per 10,000), what cellxgene displays · `layers['counts']`: raw counts · "
+            "`obsm['X_scVI']`: latent · `obsm['X_umap']`, `obsm['X_tsne']` (if computed) · "
+            "`obs['leiden']`: clusters with your names · `uns['atlas_run']`: run id, parameters, metrics.")
     genes = st.radio("Genes", ["run", "all"], horizontal=True, key="export_genes",
-                     format_func={"run": f"the run's {len(run.var_names):,} genes (reopens with "
-                                         "`python -m engine de`)",
-                                  "all": f"all {state.filtered.n_vars:,} genes after QC"}.get)
+                     format_func={"run": f"the {len(run.var_names):,} genes the model was trained on "
+                                         "(the file can be reopened for DE from the command line)",
+                                  "all": f"all {state.filtered.n_vars:,} genes that passed QC"}.get)
     if st.button("Prepare the .h5ad", key="export_prepare_h5ad"):
-        with st.spinner("Computing the UMAP and clusters if needed, writing the file..."):
+        with progress_bar("Preparing the .h5ad") as show:
+            show(0.0, "UMAP and clusters (if not computed yet)")
             explored = explore.explored_adata(state)
             embeddings = {k: explored.obsm[k] for k in ("X_umap", "X_tsne") if k in explored.obsm}
+            show(0.4, "assembling cells, genes and annotations")
             adata = dexport.export_anndata(state.filtered, run, clusters=explored.obs["leiden"],
                                            embeddings=embeddings, leiden=explored.uns["leiden"],
                                            genes=genes)
+            show(0.6, "writing the compressed file")
             st.session_state["export_h5ad"] = (run.run_id, genes, dexport.h5ad_bytes(adata))
     prepared = st.session_state.get("export_h5ad")
     if prepared is not None and prepared[:2] == (run.run_id, genes):
@@ -60,7 +71,9 @@ with st.container(border=True):
                            dexport.de_csv_bytes(table, provenance=provenance),
                            file_name=f"{stem}_de.csv", mime="text/csv", key="export_de_csv",
                            on_click="ignore")
-        st.caption("Provenance lines start with '#': `pandas.read_csv(path, comment='#', index_col=0)`.")
+        st.caption("The first lines, starting with '#', record how the table was made (run, groups, "
+                   "thresholds, date). Spreadsheets show them as text above the table; in Python read "
+                   "it with `pandas.read_csv(path, comment='#', index_col=0)`.")
 
         # ---- Figures --------------------------------------------------------------------------------
         st.markdown("**Figures**")
@@ -85,7 +98,8 @@ with st.container(border=True):
                                key="export_figure_download", on_click="ignore")
         elif st.button("Render figure", key="export_render"):
             try:
-                with st.spinner("Rendering with Chromium..."):
+                with progress_bar(f"Rendering {name} as {fmt.upper()}") as show:
+                    show(0.1, "drawing with the local Chromium")
                     image = dexport.figure_image(figures[name], fmt=fmt)
                 st.download_button("Download figure", image, file_name=f"{stem}_{name}.{fmt}",
                                    mime="image/png" if fmt == "png" else "image/svg+xml",
@@ -95,10 +109,13 @@ with st.container(border=True):
 
 # ---- The model --------------------------------------------------------------------------------------
 with st.container(border=True):
-    st.subheader("Model bundle (.zip)")
-    st.markdown(f"The run folder: weights (`model.pt`), `run.json` (parameters, genes, metrics), "
-                f"`history.csv`, `latent.npy`. Unzip it into a folder `F` and load it with "
-                f"`engine.runs.storage.load_run(F, '{run.run_id}')`.")
+    st.subheader("Trained model (.zip)")
+    st.markdown("The model itself, to keep with the data or hand to a colleague: with it, new DE "
+                "comparisons and denoised expression need no retraining.")
+    with st.expander("For Python users: what is inside"):
+        st.markdown(f"The run folder: weights (`model.pt`), `run.json` (parameters, genes, metrics), "
+                    f"`history.csv`, `latent.npy`. Unzip it into a folder `F` and load it with "
+                    f"`engine.runs.storage.load_run(F, '{run.run_id}')`.")
     try:
         st.download_button("Download the model bundle", dexport.run_bundle(run),
                            file_name=f"{stem}_model.zip", mime="application/zip",

@@ -6,7 +6,7 @@ from dashboard import run_comparison, training
 from dashboard.figures import elbo_curve, preview_scatter
 from dashboard.startup import start_warm_up
 from dashboard.state import get_state
-from dashboard.summary import batch_columns
+from dashboard.summary import batch_columns, default_batch_key
 from dashboard.train_form import TrainForm, expected_duration, history_frame, option_inputs, runs_table
 
 state = get_state()
@@ -27,14 +27,18 @@ with st.container(border=True):
     c1, c2, c3 = st.columns(3)
     chosen = option_inputs([c1, c2], "main")
     batch_options = ["(none)"] + batch_columns(filtered)
+    suggested = default_batch_key(batch_options[1:])
     batch = c3.selectbox("Batch key", batch_options,
+                         index=batch_options.index(suggested) if suggested else 0,
                          help="Cells from different batches (samples, donors, technologies) are "
-                              "aligned in the latent space.")
+                              "aligned in the latent space. Preselected: a column named like a "
+                              "batch (donor, sample, batch, library, tech); choose (none) to keep "
+                              "batch differences.")
     with st.expander("Advanced"):
         st.caption("Model")
-        chosen |= option_inputs(st.columns(4), "model")
+        chosen |= option_inputs(st.columns(4), "model", chosen)
         st.caption("Training")
-        chosen |= option_inputs(st.columns(4), "training")
+        chosen |= option_inputs(st.columns(4), "training", chosen)
         default_hvg = 0 if filtered.n_vars <= 4000 else 2000
         n_top_genes = st.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
                                       default_hvg, step=100)
@@ -50,6 +54,13 @@ if submitted:
 if state.training_message:
     kind, text = state.training_message
     getattr(st, kind)(text)
+
+# The curve stays after training ends (and for a run made active from the table).
+active = training.load_run(state.active_run_id) if state.active_run_id is not None else None
+if state.watched_job is None and active is not None and len(active.history):
+    just_trained = bool(state.training_message and state.training_message[0] == "success")
+    with st.expander(f"Training curve of the active run ({active.run_id[:10]})", expanded=just_trained):
+        st.plotly_chart(elbo_curve(active.history), width="stretch", key="active_run_curve")
 
 
 @st.fragment(run_every=2.0)  # the issue asks for at least every 2 s; each refresh costs CPU

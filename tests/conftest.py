@@ -176,3 +176,39 @@ def train_in_browser(page, epochs: int, *, seed: int | None = None) -> None:
         page.get_by_label("Seed", exact=True).fill(str(seed))
         page.get_by_label("Seed", exact=True).press("Tab")
     page.get_by_role("button", name="Train", exact=True).click()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _let_warm_up_finish():
+    """Wait for the dashboard's warm-up thread (a short calibration training) before Python exits.
+
+    A daemon thread still inside torch when the interpreter shuts down aborts the process (exit 134),
+    which would fail a run whose tests all passed.
+    """
+    yield
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "atlas-warm-up":
+            thread.join(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kang_12k_default(tmp_path_factory):
+    """The 12k-cell sample and the model the dashboard trains on it by default (batch key ``donor``).
+
+    Trained once per test session (about a minute on 2 cores) and shared by the real-data tests of
+    DE and markers, which check what a user gets without touching a setting.
+    """
+    import anndata as ad
+    import torch
+
+    from engine.model.params import RunParams
+    from engine.runs.fit import fit
+
+    adata = ad.read_h5ad(shared_file("kang_pbmc_ctrl_12261x1287.h5ad"))
+    adata.layers["counts"] = adata.X.copy()
+    adata.var["display_name"] = adata.var["gene_symbol"].astype(str)
+    torch.set_num_threads(2)
+    run = fit(adata, params=RunParams(seed=0), batch_key="donor", cache_dir=tmp_path_factory.mktemp("runs_12k"))
+    return adata, run

@@ -123,3 +123,17 @@ def test_concordance_scatter_ranks_and_top_overlap():
     assert "(2)" in both.name
     with pytest.raises(ValueError, match="different genes"):
         figs.concordance_scatter(de, wilcoxon.iloc[:4])
+
+
+def test_volcano_labels_the_top_genes_called_de():
+    table = _table()
+    fig = figs.volcano(table, label_top=2)
+    labels = [a.text for a in fig.layout.annotations if a.text != "FDR threshold"]
+    assert labels == ["CD3E", "IL7R"]  # the two highest P(DE) among the three called DE
+    every = figs.volcano(table, label_top=10)
+    assert {a.text for a in every.layout.annotations} - {"FDR threshold"} == {"CD3E", "IL7R", "LYZ"}
+    assert not [a for a in figs.volcano(table, label_top=0).layout.annotations if a.text != "FDR threshold"]
+    # the y title keeps clear of the tick labels (automargin); the FDR label sits on the right
+    assert fig.layout.yaxis.automargin
+    fdr_label = next(a for a in fig.layout.annotations if a.text == "FDR threshold")
+    assert fdr_label.xanchor == "right"

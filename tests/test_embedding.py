@@ -214,6 +214,19 @@ def test_umap_shape_deterministic_and_preserves_neighbourhoods(kang_graph):
     assert not np.array_equal(y, b.obsm["X_umap"])
 
 
+def test_umap_reports_progress_without_changing_the_layout(kang_graph):
+    """The layout runs in tenths of its epochs so the page can show a bar; the result is the same."""
+    quiet, watched = kang_graph.copy(), kang_graph.copy()
+    seen: list[float] = []
+    umap(quiet, seed=0, n_epochs=120)
+    umap(watched, seed=0, n_epochs=120, on_progress=seen.append)
+    np.testing.assert_array_equal(quiet.obsm["X_umap"], watched.obsm["X_umap"])
+    assert len(seen) == 10 and seen == sorted(seen) and seen[-1] == 1.0 and seen[0] == pytest.approx(0.1)
+    few: list[float] = []
+    umap(kang_graph.copy(), seed=0, n_epochs=3, on_progress=few.append)  # fewer epochs than slices
+    assert few == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+
+
 def _knn_preservation(x, y, k: int = 15) -> float:
     """Mean fraction of each cell's k nearest neighbours in ``x`` that are among its k nearest in ``y``."""
     near_x = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)[:, 1:]

@@ -219,7 +219,7 @@ def test_selected_cells_maps_customdata_to_obs_names():
     assert len(ex.selected_cells({"points": []}, obs)) == 0
     # Round trip through a real figure: the selected points' customdata are the cells' rows.
     fig = embedding_scatter(np.zeros((4, 2)), colouring=ex.Colouring("c", pd.Categorical(list("xyxy"))),
-                            cells=obs, clusters=pd.Categorical(list("0011")), title="t")
+                            clusters=pd.Categorical(list("0011")), title="t")
     points = [{"customdata": int(r)} for r in fig.data[1].customdata]
     assert list(ex.selected_cells({"points": points}, obs)) == ["b", "d"]
 

@@ -204,3 +204,22 @@ def test_the_page_says_how_long_the_chosen_settings_will_train(kang_small_path):
     assert expected_duration(TrainForm(), adata, None).startswith("Measuring this server's training speed")
     assert expected_duration(TrainForm(options={"lr": -1.0}), adata, cal) == ""  # refused on Train, with why
     assert [duration_text(s) for s in (0.2, 42, 250, 4800, 7200)] == ["1 s", "42 s", "4 min", "1 h 20 min", "2 h"]
+
+
+def test_form_asks_only_what_matters_and_offers_the_thorough_schedule(kang_small_path):
+    at = uploaded_app(kang_small_path)
+    labels = {w.label for w in [*at.number_input, *at.selectbox, *at.checkbox, *at.slider]}
+    assert "Mixture components K" not in labels  # the normal prior has no components
+    assert {"Patience", "Early-stopping tolerance", "Dispersion"} <= labels
+    batch = next(s for s in at.selectbox if s.label == "Batch key")
+    assert batch.value == "donor"  # preselected: a column named like a batch
+    schedule = next(s for s in at.selectbox if s.label == "Training")
+    assert schedule.value == "fast" and list(schedule.options) == ["Fast (default)",
+                                                                   "Thorough (scvi-tools' schedule, ~10x longer)"]
+    next(s for s in at.selectbox if s.label == "Prior on z").set_value("mixture").run()
+    next(s for s in at.selectbox if s.label == "Likelihood").set_value("poisson").run()
+    next(c for c in at.checkbox if c.label == "Early stopping").uncheck().run()
+    labels = {w.label for w in [*at.number_input, *at.selectbox, *at.checkbox, *at.slider]}
+    assert "Mixture components K" in labels
+    assert not {"Patience", "Early-stopping tolerance", "Dispersion"} & labels
+    assert not at.exception

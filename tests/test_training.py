@@ -111,7 +111,7 @@ def test_diverging_training_raises_after_retry_and_saves_nothing(small, tmp_path
     epochs: list[EpochReport] = []
     with pytest.raises(TrainingDiverged, match="learning rate") as err:
         fit(bad, params=RunParams(max_epochs=2), cache_dir=tmp_path, on_epoch=epochs.append, device="cpu")
-    assert "0.0001" in str(err.value)  # the retry at lr / 10 is reported
+    assert "0.0003" in str(err.value)  # the retry at lr / 10 (default 3e-3) is reported
     assert isinstance(err.value, ValueError)
     assert epochs == []
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
@@ -149,9 +149,21 @@ def test_run_params_validation_and_round_trip():
     assert RunParams.from_dict(params.to_dict()) == params
     with pytest.raises(ValueError, match="unknown RunParams"):
         RunParams.from_dict({**params.to_dict(), "epochs": 3})
-    # scvi-tools' defaults: 400 epochs up to 20k cells, fewer above; warm-up capped at half the run
-    assert RunParams().resolved_max_epochs(12_261) == 400
-    assert RunParams().resolved_max_epochs(100_000) == 80
+    # the fast schedule: 490,000 cell passes at lr 3e-3, never more epochs than scvi-tools' rule
+    assert RunParams().resolved_max_epochs(12_261) == 40 and RunParams().resolved_lr() == 3e-3
+    assert RunParams().resolved_max_epochs(1_556) == 315
+    assert RunParams().resolved_max_epochs(1_000) == 400 and RunParams().resolved_max_epochs(10**6) == 1
+    assert RunParams(lr=1e-4).resolved_lr() == 1e-4
+    # the thorough schedule is scvi-tools': 400 epochs up to 20k cells, fewer above, lr 1e-3
+    thorough = RunParams(schedule="thorough")
+    assert thorough.resolved_max_epochs(12_261) == 400 and thorough.resolved_max_epochs(100_000) == 80
+    assert thorough.resolved_lr() == 1e-3
+    # the schedule is part of the cache key only when it decides something
+    assert "schedule" in RunParams().relevant(has_batch=False)
+    assert "schedule" not in RunParams(max_epochs=10, lr=1e-3).relevant(has_batch=False)
+    assert RunParams(max_epochs=10).relevant(has_batch=False) != RunParams(
+        max_epochs=10, schedule="thorough").relevant(has_batch=False)  # the lr differs
+    # warm-up capped at half the run
     assert RunParams().resolved_kl_warmup_epochs(30) == 15
     assert RunParams().resolved_kl_warmup_epochs(1000) == 400
     assert RunParams(kl_warmup_epochs=400).resolved_kl_warmup_epochs(30) == 400

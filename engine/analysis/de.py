@@ -49,6 +49,7 @@ import datetime as _dt
 import importlib.metadata
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
@@ -209,6 +210,7 @@ def differential_expression(
     batch_correction: bool = False,
     credible_level: float = 0.9,
     seed: int = 0,
+    on_progress: Callable[[float], None] | None = None,
 ) -> DEResult:
     """Bayesian differential expression of group 1 against group 2 with a trained run.
 
@@ -243,6 +245,8 @@ def differential_expression(
         Probability mass of the equal-tailed credible interval ``[lfc_low, lfc_high]``.
     seed
         Seeds cell sampling, posterior draws and pairing: the same inputs give the same result.
+    on_progress
+        Called with the fraction done (0 to 1) before each group's posterior draws and the summary.
     """
     # Imported here so that tables, CSV export and groups work without loading torch.
     from engine.model.inference import normalized_expression, run_inputs
@@ -284,20 +288,25 @@ def differential_expression(
 
     draws1: list[np.ndarray] = []
     draws2: list[np.ndarray] = []
-    for batch in batches:
-        for cells, out in ((cells1, draws1), (cells2, draws2)):
-            per_cell = -(-draws_per_batch // len(cells))  # ceil: enough draws, then subsample
-            rho = normalized_expression(
-                run,
-                adata,
-                indices=cells,
-                n_samples=per_cell,
-                library_size=TARGET_SUM,
-                transform_batch=batch,
-                seed=int(rng.integers(2**31 - 1)),
-            ).reshape(-1, counts.shape[1])
-            out.append(rho[rng.choice(rho.shape[0], size=draws_per_batch, replace=False)])
+    steps = 2 * len(batches) + 1  # the posterior draws of each group in each batch, then the summary
+    jobs = [(batch, cells, out) for batch in batches for cells, out in ((cells1, draws1), (cells2, draws2))]
+    for step, (batch, cells, out) in enumerate(jobs):
+        if on_progress is not None:
+            on_progress(step / steps)
+        per_cell = -(-draws_per_batch // len(cells))  # ceil: enough draws, then subsample
+        rho = normalized_expression(
+            run,
+            adata,
+            indices=cells,
+            n_samples=per_cell,
+            library_size=TARGET_SUM,
+            transform_batch=batch,
+            seed=int(rng.integers(2**31 - 1)),
+        ).reshape(-1, counts.shape[1])
+        out.append(rho[rng.choice(rho.shape[0], size=draws_per_batch, replace=False)])
 
+    if on_progress is not None:
+        on_progress((steps - 1) / steps)
     mean_counts_1 = _mean_counts(counts, mask1)
     mean_counts_2 = _mean_counts(counts, mask2)
     summary = summarize_lfc(

@@ -70,16 +70,21 @@ def _clip(value):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _optimize_layout(embedding, head, tail, epochs_per_sample, n_epochs, a, b, negative_rate, seed):
-    """umap-learn's euclidean SGD (``move_other=True``, gamma=1) on a 2-D float32 embedding."""
+def _optimize_layout(
+    embedding, head, tail, epochs_per_sample, next_sample, next_negative, first, last, n_epochs, a, b,
+    negative_rate, seed,
+):
+    """umap-learn's euclidean SGD (``move_other=True``, gamma=1) on a 2-D float32 embedding.
+
+    Runs epochs ``first`` to ``last - 1`` of ``n_epochs``, updating ``embedding``, ``next_sample`` and
+    ``next_negative`` in place, so that a layout can be computed in slices that report progress.
+    """
     np.random.seed(seed)
     n_vertices = embedding.shape[0]
     a = np.float32(a)
     b = np.float32(b)
     epochs_per_negative = epochs_per_sample / negative_rate
-    next_sample = epochs_per_sample.copy()
-    next_negative = epochs_per_negative.copy()
-    for epoch in range(n_epochs):
+    for epoch in range(first, last):
         alpha = np.float32(1.0 - epoch / n_epochs)
         for edge in range(head.shape[0]):
             if next_sample[edge] > epoch:
@@ -136,8 +141,12 @@ def umap_layout(
     min_dist: float = 0.5,
     n_epochs: int | None = None,
     seed: int = 0,
+    on_progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """Optimise a 2-D UMAP layout of a fuzzy graph from ``start`` (n x 2); returns a new array."""
+    """Optimise a 2-D UMAP layout of a fuzzy graph from ``start`` (n x 2); returns a new array.
+
+    ``on_progress(fraction)`` is called after each tenth of the epochs.
+    """
     graph = sp.coo_matrix(connectivities, dtype=np.float64)
     graph.sum_duplicates()
     n_epochs = default_umap_epochs(graph.shape[0]) if n_epochs is None else int(n_epochs)
@@ -149,21 +158,31 @@ def umap_layout(
     weights = weights[keep]
     epochs_per_sample = weights.max() / weights
     a, b = umap_ab(min_dist)
-    return _optimize_layout(
-        np.array(start, dtype=np.float32, order="C"),
-        graph.row[keep].astype(np.int64),
-        graph.col[keep].astype(np.int64),
-        epochs_per_sample,
-        n_epochs,
-        a,
-        b,
-        float(_NEGATIVE_SAMPLE_RATE),
-        int(seed),
-    )
+    embedding = np.array(start, dtype=np.float32, order="C")
+    head, tail = graph.row[keep].astype(np.int64), graph.col[keep].astype(np.int64)
+    next_sample = epochs_per_sample.copy()
+    next_negative = epochs_per_sample / _NEGATIVE_SAMPLE_RATE
+    # Slices of ~10 % of the epochs: progress to report, at a negligible cost per call.
+    bounds = np.unique(np.linspace(0, n_epochs, min(n_epochs, 10) + 1).round().astype(int))
+    for piece, (first, last) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        _optimize_layout(
+            embedding, head, tail, epochs_per_sample, next_sample, next_negative, int(first), int(last),
+            n_epochs, a, b, float(_NEGATIVE_SAMPLE_RATE), int(seed) + piece,
+        )
+        if on_progress is not None:
+            on_progress(float(last) / n_epochs)
+    return embedding
 
 
 @timed
-def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, seed: int = 0) -> None:
+def umap(
+    adata: AnnData,
+    *,
+    min_dist: float = 0.5,
+    n_epochs: int | None = None,
+    seed: int = 0,
+    on_progress: Callable[[float], None] | None = None,
+) -> None:
     """UMAP of the neighbour graph into ``obsm["X_umap"]`` (float32, n_obs x 2).
 
     Parameters
@@ -177,6 +196,8 @@ def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, 
         SGD epochs; ``None`` picks :func:`default_umap_epochs`.
     seed
         Same seed, same layout.
+    on_progress
+        Called with the fraction of epochs done, ten times over the layout.
 
     Writes ``obsm["X_umap"]`` and ``uns["umap"] = {"params": {"min_dist", "n_epochs", "seed"}}``.
     """
@@ -190,7 +211,8 @@ def umap(adata: AnnData, *, min_dist: float = 0.5, n_epochs: int | None = None, 
     start = pca_start(representation(adata, use_rep))
     n_epochs = default_umap_epochs(adata.n_obs) if n_epochs is None else n_epochs
     adata.obsm["X_umap"] = umap_layout(
-        adata.obsp["connectivities"], start, min_dist=min_dist, n_epochs=n_epochs, seed=seed
+        adata.obsp["connectivities"], start, min_dist=min_dist, n_epochs=n_epochs, seed=seed,
+        on_progress=on_progress,
     )
     adata.uns["umap"] = {"params": {"min_dist": float(min_dist), "n_epochs": int(n_epochs), "seed": int(seed)}}
 

@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "train": "engine.cli.train",
     "de": "engine.cli.de",
+    "markers": "engine.cli.markers",
     "embed": "engine.cli.embed",
 }
 

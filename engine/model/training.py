@@ -170,7 +170,7 @@ def train(
     batch_index = np.asarray(batch_index, dtype=np.int64)
     torch_device = resolve_device(device)
     train_idx, val_idx = split_cells(counts.shape[0], params.validation_fraction, params.seed)
-    lr = params.lr
+    first_lr = lr = params.resolved_lr()
     for attempt in range(2):
         try:
             with _step_threads(torch_device) as threads:
@@ -181,12 +181,12 @@ def train(
         except _NonFinite as err:
             if attempt == 1:
                 raise TrainingDiverged(
-                    f"training diverged ({err}) at learning rate {params.lr:g} and again at {lr:g}. Likely "
+                    f"training diverged ({err}) at learning rate {first_lr:g} and again at {lr:g}. Likely "
                     "causes: data that are not raw counts given to a count likelihood (use the raw "
                     "counts, or likelihood='gaussian'), extreme library sizes (filter empty or huge "
                     "cells), or a learning rate that is too high (lower RunParams.lr)"
                 ) from None
-            lr = params.lr / 10
+            lr = first_lr / 10
     raise AssertionError("unreachable")
 
 
