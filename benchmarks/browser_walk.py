@@ -127,12 +127,12 @@ TRACKER_JS = r"""
     w.cond = cond ? new Function('return (' + cond + ');') : null;
   };
   w.status = () => ({
-    now: performance.now(), t0: w.t0, condAt: w.condAt, hasCond: w.cond !== null, runs: w.runs,
+    now: performance.now(), t0: w.t0, t0wall: w.t0wall, condAt: w.condAt, hasCond: w.cond !== null, runs: w.runs,
     charts: w.charts.map((c, i) => ({selector: c, n: w.muts[i].length, first: w.muts[i][0] ?? null,
                                       last: w.muts[i].at(-1) ?? null})),
     running: w.running, idleSince: w.idleSince, totalRuns: w.totalRuns,
   });
-  const onInput = () => { if (w.armed && w.t0 === null) w.t0 = performance.now(); };
+  const onInput = () => { if (w.armed && w.t0 === null) { w.t0 = performance.now(); w.t0wall = Date.now(); } };
   window.addEventListener('pointerdown', onInput, true);
   window.addEventListener('keydown', onInput, true);
   const touches = (r, chart) => {

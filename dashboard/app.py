@@ -25,6 +25,7 @@ pages = [
     st.Page(PAGES / "data.py", title="Data", icon=":material/upload_file:", default=True),
     st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     st.Page(PAGES / "explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page(PAGES / "markers.py", title="Markers", icon=":material/format_list_numbered:"),
     st.Page(PAGES / "differential_expression.py", title="Differential expression",
             icon=":material/compare_arrows:"),
     st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),

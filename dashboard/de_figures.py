@@ -29,6 +29,7 @@ Y_TITLES = {
 }
 
 _MARGIN = dict(l=10, r=10, t=50, b=10)
+LABELS_PER_SIDE = 5  # gene names stacked over the volcano's up and down arms
 
 
 def _check_y(y: str) -> VolcanoY:
@@ -58,7 +59,8 @@ def volcano(
     Genes with ``is_de_fdr`` are red, others grey. Dashed lines mark ``+-delta`` (pass None in
     vanilla mode, which has no delta) and the smallest ``y`` of the genes called DE, i.e. where the
     FDR threshold falls. ``selected`` (a var_name) is ringed and labelled. The ``label_top`` genes
-    called DE that rank first (by ``y``, then ``|LFC|``) carry their names.
+    called DE that rank first (by ``y``, then ``|LFC|``) carry their names, at most
+    :data:`LABELS_PER_SIDE` on each arm.
     """
     values = volcano_y(table, y)
     is_de = table["is_de_fdr"].to_numpy(dtype=bool)
@@ -93,13 +95,24 @@ def volcano(
         fig.add_hline(y=cut, line_dash="dot", line_color=DE_COLOR, line_width=1,
                       annotation_text="FDR threshold", annotation_position="bottom right",
                       annotation_font=dict(size=11, color=DE_COLOR))
-    for k, row in enumerate(top_genes(table, values, label_top)):
-        lfc = float(table["lfc_mean"].iloc[row])
-        fig.add_annotation(
-            x=lfc, y=float(values[row]), text=str(table["gene"].iloc[row]), showarrow=True, arrowhead=0,
-            arrowwidth=1, arrowcolor="#555", ax=(30 if lfc >= 0 else -30), ay=-14 - 12 * (k % 3),
-            font=dict(size=11), bgcolor="rgba(255,255,255,0.7)",
-        )
+    # Names of the top genes, stacked per side (outermost fold change highest) so that genes sharing a
+    # P(DE) of 1 do not write over each other; the y axis gets headroom for the stack.
+    labelled = top_genes(table, values, label_top)
+    for side in (1, -1):
+        rows = sorted((r for r in labelled if np.sign(table["lfc_mean"].iloc[r] or 1) == side),
+                      key=lambda r: -abs(float(table["lfc_mean"].iloc[r])))
+        for k, row in enumerate(rows[:LABELS_PER_SIDE]):
+            fig.add_annotation(
+                x=float(table["lfc_mean"].iloc[row]), y=float(values[row]), text=str(table["gene"].iloc[row]),
+                showarrow=True, arrowhead=0, arrowwidth=1, arrowcolor="#777", ax=side * (18 + 4 * k),
+                ay=-14 - 13 * k, xanchor="left" if side > 0 else "right", font=dict(size=11),
+                bgcolor="rgba(255,255,255,0.75)",
+            )
+    if labelled:  # headroom for the stacks; the ticks stay where the values can be
+        top = float(np.nanmax(values)) if len(values) else 1.0
+        fig.update_yaxes(range=[-0.03 * top, 1.4 * top])
+        if y == "proba_de":
+            fig.update_yaxes(tickvals=[0, 0.25, 0.5, 0.75, 1])
     if selected is not None and selected in table.index:
         row = table.index.get_loc(selected)
         fig.add_trace(go.Scatter(
@@ -114,7 +127,7 @@ def volcano(
         xaxis=dict(title=f"LFC mean (log2 {g1} / {g2})", automargin=True),
         # automargin moves the title clear of the tick labels, in the browser and in PNG/SVG export
         yaxis=dict(title=dict(text=Y_TITLES[y], standoff=8), automargin=True),
-        legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=50, b=10), height=480,
+        legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=70, b=10), height=480,
         clickmode="event+select", dragmode="pan",
     )
     return fig

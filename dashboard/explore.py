@@ -21,11 +21,12 @@ from typing import Literal, get_args
 import anndata as ad
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import scipy.sparse as sp
 import streamlit as st
 
 from dashboard.active_run import active_run
-from dashboard.explore_figures import Colouring
+from dashboard.explore_figures import Colouring, embedding_scatter
 from dashboard.progress import progress_bar, steps
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
@@ -502,3 +503,11 @@ def metrics_table(comparison: BatchComparison) -> pd.DataFrame:
                      "scVI latent": float(getattr(comparison.latent, field_name)),
                      "meaning": text.split(": ", 1)[1]})
     return pd.DataFrame(rows)
+
+
+def umap_figure(state: AppState, run, *, point_size: float = 2.0) -> go.Figure:
+    """The UMAP coloured by the (named) clusters, each name written over its cells: the figure to export."""
+    clusters = cluster_labels(state, run, state.filtered)
+    return embedding_scatter(embedding(state, run, "UMAP"), colouring=colouring(state, run, source="Cluster"),
+                             clusters=clusters.array, title="UMAP of the scVI latent space",
+                             point_size=point_size, opacity=0.9, labels_on_data=True, show_legend=False)

@@ -13,6 +13,7 @@ to cells through it, whatever the subsample or the split of points into one trac
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,10 +147,27 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, clusters: pd.
         dragmode="lasso", plot_bgcolor="white", legend=dict(itemsizing="constant", title=colouring.label),
         # Zoom and legend clicks survive a change of colour.
         uirevision="embedding",
+        # Reruns that change nothing here (a saved group, another panel) leave the points alone:
+        # the browser redraws them only when positions or colours changed.
+        datarevision=_fingerprint(xy, colouring.values, point_size, opacity),
     )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x")
     return fig
+
+
+def _fingerprint(*parts) -> str:
+    """A short hash of arrays and values: equal inputs, equal string."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        if isinstance(part, pd.Categorical):
+            digest.update(np.asarray(part.codes).tobytes())
+            digest.update("\x1f".join(map(str, part.categories)).encode())
+        elif isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.hexdigest()
 
 
 def category_centres(coords: np.ndarray, values: pd.Categorical) -> dict[str, tuple[float, float]]:

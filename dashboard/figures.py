@@ -101,7 +101,9 @@ def elbo_curve(history: pd.DataFrame, *, title: str = "Training curve") -> go.Fi
                                  name="validation", line=dict(color="#F58518")))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="ELBO per cell (higher is better)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
-                      height=340)
+                      height=340,
+                      # The live page redraws every 2 s; the browser recomputes only when an epoch was added.
+                      datarevision=len(history), uirevision="curve")
     return fig
 
 
@@ -164,5 +166,8 @@ def preview_scatter(layout: np.ndarray, labels: np.ndarray | None, *, epoch: int
     title = f"Latent space at epoch {epoch} of {n_epochs} ({len(layout):,} cells"
     fig.update_layout(title=title + (f", coloured by {label_name})" if label_name else ")"),
                       legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=40, b=10), height=380,
-                      uirevision="preview")  # keep the user's zoom between refreshes
+                      uirevision="preview",  # keep the user's zoom between refreshes
+                      # The page redraws every 2 s during training; the browser redraws the points only
+                      # when a new picture arrived (every few epochs), not at every refresh.
+                      datarevision=epoch)
     return fig

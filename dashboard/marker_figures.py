@@ -46,17 +46,27 @@ def group_expression(counts: sp.spmatrix | np.ndarray, labels: pd.Series, genes:
 
 
 def _gene_axis(title: str, genes: Sequence[str]) -> dict:
+    # every gene named, however narrow the figure (plotly would skip every other tick label)
     return dict(title=title, tickangle=-60, type="category", categoryorder="array", categoryarray=list(genes),
-                automargin=True)
+                tickmode="array", tickvals=list(genes), ticktext=list(genes), automargin=True)
 
 
-def dotplot(stats: GroupExpression, *, title: str = "Marker genes", max_size: float = 18.0) -> go.Figure:
+def _width(n_genes: int) -> int:
+    return max(640, 260 + 22 * n_genes)
+
+
+def dotplot(stats: GroupExpression, *, title: str = "Marker genes", width: int | None = None) -> go.Figure:
     """A dot plot as scanpy draws it: dot size = fraction of cells expressing, colour = mean expression scaled per gene.
 
     Each gene's means are scaled to 0-1 across groups (scanpy's ``standard_scale="var"``), so that
     lowly and highly expressed markers read alike; the hover gives the unscaled numbers.
     """
     mean, fraction = stats.mean, stats.fraction
+    # The largest dot fills most of a gene's column: sized for ``width`` (an export size) or the
+    # figure's own width, so that dots never overlap their neighbours.
+    total = width or _width(len(mean.columns))
+    plot_width = max(total - 300, 0.38 * total)  # less the group names and the colour bar
+    max_size = float(np.clip(0.85 * plot_width / max(len(mean.columns), 1), 4.0, 18.0))
     span = (mean.max(axis=0) - mean.min(axis=0)).replace(0, 1.0)
     scaled = (mean - mean.min(axis=0)) / span
     genes, groups = list(mean.columns), list(mean.index)
@@ -72,6 +82,13 @@ def dotplot(stats: GroupExpression, *, title: str = "Marker genes", max_size: fl
         hovertemplate="%{y} · %{x}<br>mean log1p expression %{customdata[0]:.2f}"
                       "<br>%{customdata[1]:.0f}% of cells express it<extra></extra>",
     ))
+    # A legend for the dot sizes, as scanpy draws one: what share of cells each size means.
+    for share in (0.2, 0.5, 1.0):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{share:.0%} of cells",
+                                 marker=dict(size=np.sqrt(share) * max_size, color="#999999"),
+                                 showlegend=True, hoverinfo="skip"))
+    fig.data[0].showlegend = False
+    fig.update_layout(legend=dict(title="expressing", orientation="h", y=-0.25 - 0.01 * max(map(len, genes))))
     _layout(fig, title, genes, groups)
     return fig
 
@@ -95,7 +112,7 @@ def heatmap(stats: GroupExpression, *, title: str = "Marker genes") -> go.Figure
 def _layout(fig: go.Figure, title: str, genes: list[str], groups: list[str]) -> None:
     fig.update_layout(
         title=dict(text=title), plot_bgcolor="white",
-        height=max(320, 140 + 28 * len(groups)), width=max(640, 260 + 22 * len(genes)),
+        height=max(320, 140 + 28 * len(groups)), width=_width(len(genes)),
         margin=dict(l=10, r=10, t=60, b=10),
         xaxis=_gene_axis("", genes),
         yaxis=dict(title="", type="category", categoryorder="array", categoryarray=list(groups)[::-1],

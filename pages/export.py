@@ -5,8 +5,10 @@ import streamlit as st
 from dashboard import de as dede
 from dashboard import explore
 from dashboard import export as dexport
+from dashboard import markers as dmark
 from dashboard.active_run import require_active_run
 from dashboard.de_figures import concordance_scatter, gene_violins, volcano
+from dashboard.marker_figures import dotplot
 from dashboard.progress import progress_bar
 from dashboard.state import get_state
 
@@ -75,37 +77,57 @@ with st.container(border=True):
                    "thresholds, date). Spreadsheets show them as text above the table; in Python read "
                    "it with `pandas.read_csv(path, comment='#', index_col=0)`.")
 
-        # ---- Figures --------------------------------------------------------------------------------
-        st.markdown("**Figures**")
+
+# ---- Figures ------------------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Figures")
+    st.caption("For slides and papers: PNG at 300 dpi or SVG, at a journal's column width; HTML keeps "
+               "the plot interactive.")
+    figures = {"UMAP, clusters named on the plot": explore.umap_figure(state, run)}
+    if last is not None:
         names = request.comparison.names()
         mask1, mask2 = dede.request_masks(state, run, request)
-        figures = {"volcano": volcano(table, delta=session.delta if result.mode == "change" else None,
-                                      group_names=names, selected=session.selected_gene)}
+        figures["volcano (top 10 genes named)"] = volcano(
+            table, delta=session.delta if result.mode == "change" else None, group_names=names,
+            selected=session.selected_gene)
         if session.selected_gene is not None:
             gene, values = dede.gene_values(state, run, session.selected_gene)
-            figures[f"violins_{gene}"] = gene_violins(
+            figures[f"violins of {gene}"] = gene_violins(
                 {names[0]: values[mask1], names[1]: values[mask2]}, gene=gene)
-        wilcoxon_table = dede.wilcoxon(state, mask1, mask2, run)
-        figures["concordance"] = concordance_scatter(table, wilcoxon_table)
-        f1, f2 = st.columns(2)
-        name = f1.selectbox("Figure", list(figures), key="export_figure")
-        fmt = f2.radio("Format", ["html", "png", "svg"], horizontal=True, key="export_format",
-                       help="HTML is interactive and self-contained (plotly.js embedded). PNG and "
-                            "SVG are drawn by the local Chromium (a few seconds).")
-        if fmt == "html":
-            st.download_button("Download figure", dexport.figure_html(figures[name]),
-                               file_name=f"{stem}_{name}.html", mime="text/html",
+        figures["scVI vs Wilcoxon ranks"] = concordance_scatter(table, dede.wilcoxon(state, mask1, mask2, run))
+    marker_request = dmark.last_request()
+    if marker_request is not None and marker_request.run_id == run.run_id:
+        marker_result = dmark.markers(state, run, marker_request)
+        stats = dmark.expression_by_group(state, run, marker_request, dmark.plot_genes(marker_result, 3))
+        figures["marker dot plot"] = dotplot(stats, title=f"Markers of {marker_request.groupby}",
+                                             width=dexport.FIGURE_SIZES[st.session_state.get(
+                                                 "export_size", next(iter(dexport.FIGURE_SIZES)))][0])
+    else:
+        st.caption("The volcano appears here after a comparison on the Differential expression page, "
+                   "the marker dot plot after Find markers on the Markers page.")
+    f1, f2, f3 = st.columns([2, 1, 2])
+    name = f1.selectbox("Figure", list(figures), key="export_figure")
+    fmt = f2.radio("Format", ["png", "svg", "html"], horizontal=True, key="export_format",
+                   help="PNG and SVG are drawn by the local Chromium (a few seconds); HTML is "
+                        "interactive and self-contained (plotly.js embedded).")
+    size = f3.selectbox("Size", list(dexport.FIGURE_SIZES), key="export_size", disabled=fmt == "html")
+    file_stem = f"{stem}_{name.split(' (')[0].replace(' ', '_').replace(',', '')}"
+    if fmt == "html":
+        st.download_button("Download figure", dexport.figure_html(figures[name]),
+                           file_name=f"{file_stem}.html", mime="text/html",
+                           key="export_figure_download", on_click="ignore")
+    elif st.button("Render figure", key="export_render"):
+        try:
+            with progress_bar(f"Rendering the {name} as {fmt.upper()}") as show:
+                show(0.1, "drawing with the local Chromium")
+                image = dexport.figure_image(figures[name], fmt=fmt, size=size)
+            st.download_button("Download figure", image, file_name=f"{file_stem}.{fmt}",
+                               mime="image/png" if fmt == "png" else "image/svg+xml",
                                key="export_figure_download", on_click="ignore")
-        elif st.button("Render figure", key="export_render"):
-            try:
-                with progress_bar(f"Rendering {name} as {fmt.upper()}") as show:
-                    show(0.1, "drawing with the local Chromium")
-                    image = dexport.figure_image(figures[name], fmt=fmt)
-                st.download_button("Download figure", image, file_name=f"{stem}_{name}.{fmt}",
-                                   mime="image/png" if fmt == "png" else "image/svg+xml",
-                                   key="export_figure_download", on_click="ignore")
-            except Exception as err:  # noqa: BLE001 - kaleido/Chromium fail in many ways; HTML still works
-                st.error(f"Static export failed ({err}). Download the HTML version instead.")
+            if fmt == "png":
+                st.image(image, caption="Preview of the PNG", width=420)
+        except Exception as err:  # noqa: BLE001 - kaleido/Chromium fail in many ways; HTML still works
+            st.error(f"Static export failed ({err}). Download the HTML version instead.")
 
 # ---- The model --------------------------------------------------------------------------------------
 with st.container(border=True):

@@ -117,7 +117,11 @@ def test_export_page_offers_every_download(de_app, counted):
     assert "Download .h5ad" in labels
     assert "Download the model bundle" in labels
     assert "Download the DE table (.csv)" in labels
-    assert "Download figure" in labels  # HTML by default: no rendering needed
+    figures = _widget(at.selectbox, "Figure").options
+    assert figures[0] == "UMAP, clusters named on the plot" and "volcano (top 10 genes named)" in figures
+    assert any(b.label == "Render figure" for b in at.button)  # PNG by default, drawn on request
+    _widget(at.radio, "Format").set_value("html").run()
+    assert "Download figure" in [b.proto.label for b in at.get("download_button")]  # HTML: no rendering
 
 
 def test_group_masks_within_and_lasso():

@@ -134,3 +134,21 @@ def test_cluster_names_can_sit_on_the_plot_at_each_cluster_centre():
     plain = ef.embedding_scatter(coords, colouring=ef.Colouring("v", np.arange(5.0)), clusters=clusters,
                                  title="t", labels_on_data=True)
     assert not plain.layout.annotations  # a continuous colouring has no categories to name
+
+
+def test_redraws_only_when_positions_or_colours_change():
+    coords = np.random.default_rng(0).normal(size=(50, 2))
+    clusters = pd.Categorical(np.repeat(["a", "b"], 25))
+    values = np.arange(50.0)
+
+    def revision(colour, xy=coords, size=3.0):
+        return ef.embedding_scatter(xy, colouring=colour, clusters=clusters, title="t",
+                                    point_size=size).layout.datarevision
+
+    gene = ef.Colouring("CD79A (observed)", values)
+    assert revision(gene) == revision(ef.Colouring("CD79A (observed)", values.copy()))
+    assert revision(gene) != revision(ef.Colouring("CD79A (observed)", values[::-1].copy()))
+    assert revision(gene) != revision(gene, xy=coords + 1)
+    assert revision(gene) != revision(gene, size=4.0)
+    assert revision(ef.Colouring("cluster", clusters)) != revision(
+        ef.Colouring("cluster", clusters.rename_categories(["B cells", "b"])))

@@ -18,6 +18,7 @@ from engine.model.inference import latent_mean
 from engine.model.params import RunParams
 from engine.runs.fit import fit
 from engine.runs.storage import load_run
+from tests.conftest import ARTIFACTS
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,53 @@ def test_model_bundle_unzips_into_a_loadable_run(trained, tmp_path):
     # The weights came back too: encoding the cells again gives the same latent means.
     cells = adata[:, run.var_names].copy()
     np.testing.assert_allclose(latent_mean(loaded, cells), latent_mean(run, cells), rtol=1e-5, atol=1e-6)
+
+
+def _publication_figures(width: int) -> dict[str, go.Figure]:
+    """Each kind of figure the Export page offers, on made-up data shaped like the real thing."""
+    from dashboard.de_figures import volcano
+    from dashboard.explore_figures import Colouring, embedding_scatter
+    from dashboard.marker_figures import GroupExpression, dotplot
+
+    rng = np.random.default_rng(0)
+    names = ["B cells", "CD14+ Monocytes", "CD4 T cells", "NK cells", "FCGR3A+ Monocytes"]
+    clusters = pd.Categorical(rng.choice(names, 2000))
+    coords = rng.normal(size=(2000, 2)) + 6 * np.asarray(clusters.codes)[:, None] * np.array([[1.0, 0.4]])
+    n_genes = 300
+    lfc = rng.normal(0, 1.5, n_genes)
+    proba = 1 / (1 + np.exp(-(np.abs(lfc) * 3 - 3)))
+    table = pd.DataFrame({
+        "gene": [f"GENE{i}" for i in range(n_genes)], "lfc_mean": lfc, "proba_de": proba,
+        "bayes_factor": np.sign(lfc) * np.log(proba / (1 - proba)), "is_de_fdr": proba > 0.95,
+        "mean_norm_1": rng.gamma(2, 5, n_genes), "mean_norm_2": rng.gamma(2, 5, n_genes),
+    }, index=pd.Index([f"ENSG{i:05d}" for i in range(n_genes)], name="var_name"))
+    genes = ["CD79A", "CD74", "S100A8", "LYZ", "IL7R", "GNLY", "NKG7", "FCGR3A", "MS4A7"]
+    stats = GroupExpression(pd.DataFrame(rng.random((5, 9)) * 3, index=names, columns=genes),
+                            pd.DataFrame(rng.random((5, 9)), index=names, columns=genes))
+    return {
+        "umap": embedding_scatter(coords, colouring=Colouring("cluster", clusters), clusters=clusters,
+                                  title="UMAP of the scVI latent space", labels_on_data=True, show_legend=False),
+        "volcano": volcano(table, delta=0.25, group_names=("B cells", "rest")),
+        "dotplot": dotplot(stats, title="Markers of cell_type", width=width),
+    }
+
+
+@pytest.mark.slow  # kaleido starts the local Chromium for each image (~2 s)
+@pytest.mark.parametrize("size", list(dexport.FIGURE_SIZES))
+def test_exported_figures_fit_their_size_with_nothing_cut_at_the_edges(size):
+    import PIL.Image
+
+    out = ARTIFACTS / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    width, height = dexport.FIGURE_SIZES[size]
+    for name, fig in _publication_figures(width).items():
+        png = dexport.figure_image(fig, fmt="png", size=size)
+        path = out / f"{name}_{size.split(' ')[0]}.png"
+        path.write_bytes(png)
+        image = np.asarray(PIL.Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+        assert image.shape == (height * dexport.PNG_SCALE, width * dexport.PNG_SCALE), name
+        # Margins: a white frame all round (nothing drawn up to the edge, so no label is cut off).
+        frame = np.concatenate([image[:6].ravel(), image[-6:].ravel(), image[:, :6].ravel(), image[:, -6:].ravel()])
+        assert frame.min() > 240, (name, size, path)
+        svg = dexport.figure_image(fig, fmt="svg", size=size).decode()
+        assert svg.startswith("<svg") and f'width="{width}"' in svg

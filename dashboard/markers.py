@@ -1,0 +1,89 @@
+"""The Markers page's computations: markers of every group at once, cached, and their figures' data.
+
+The groups are the Leiden clusters (with the user's names) or any annotation of the cells, as on the
+Differential expression page; :func:`engine.analysis.markers.find_markers` does the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import de as dede
+from dashboard import explore
+from dashboard.marker_figures import GroupExpression, group_expression
+from dashboard.progress import progress_bar
+from dashboard.state import AppState
+from dashboard.training import load_run
+from engine.analysis.markers import MarkerResult, find_markers
+
+_SESSION_KEY = "markers_session"
+_GROUP = "group"  # the obs column the groups are written to for find_markers
+
+
+@dataclass(frozen=True)
+class MarkersRequest:
+    """What the user asked for: markers of the groups of one grouping of one run."""
+
+    run_id: str
+    groupby: str  # dede.CLUSTERS or an obs column
+
+
+def last_request() -> MarkersRequest | None:
+    """The session's last request on the Markers page, if any."""
+    return st.session_state.get(_SESSION_KEY)
+
+
+def remember(request: MarkersRequest) -> None:
+    """Keep ``request`` as the session's current markers."""
+    st.session_state[_SESSION_KEY] = request
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _markers(run_id: str, key: str, labels: np.ndarray, _adata: ad.AnnData) -> MarkerResult:
+    adata = _adata.copy()
+    adata.obs[_GROUP] = pd.Categorical(labels, categories=_ordered(labels))
+    groups = adata.obs[_GROUP].cat.categories
+    with progress_bar(f"Markers of {len(groups)} groups, each against all other cells") as show:
+        return find_markers(load_run(run_id), adata, groupby=_GROUP,
+                            on_progress=lambda done: show(done, "scVI DE and a Wilcoxon test per group"))
+
+
+def _ordered(labels: np.ndarray) -> list[str]:
+    """Group names in a natural order: numbers as numbers ("2" before "10"), then by name."""
+    names = pd.unique(np.asarray(labels, dtype=str))
+    return sorted(names, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+
+
+def markers(state: AppState, run, request: MarkersRequest) -> MarkerResult:
+    """The markers of ``request`` on the current data (computed once per run, data and labels)."""
+    labels = dede.label_columns(state, run)[request.groupby].to_numpy(dtype=str)
+    return _markers(run.run_id, state.filtered_key, labels, dede.run_data(state.filtered, run))
+
+
+def plot_genes(result: MarkerResult, n: int) -> list[str]:
+    """The display names of the top ``n`` markers of each group, in group order, each gene once."""
+    top = result.top_table(n)
+    return list(dict.fromkeys(top["gene"].astype(str)))
+
+
+def expression_by_group(state: AppState, run, request: MarkersRequest, genes: list[str]) -> GroupExpression:
+    """Mean log1p expression and fraction of cells expressing, per group, of ``genes`` (display names)."""
+    filtered = state.filtered
+    labels = dede.label_columns(state, run)[request.groupby]
+    names = explore.gene_names(filtered)
+    positions = [names.get_loc(g) for g in genes]
+    counts = filtered.layers["counts"] if "counts" in filtered.layers else filtered.X
+    return group_expression(counts, labels, positions, genes, _ordered(labels.to_numpy(dtype=str)))
+
+
+def csv_bytes(result: MarkerResult, *, run_id: str, groupby: str, dataset: str) -> bytes:
+    """Every marker of every group as CSV, with ``# key: value`` provenance lines first."""
+    header = {"run_id": run_id, "dataset": dataset, "groups": groupby, "rule": (
+        "up in the group (lfc_mean > 0), expressed in >= 10% of its cells, ranked by P(DE) then LFC")}
+    lines = [f"# {k}: {v}" for k, v in header.items()]
+    return ("\n".join(lines) + "\n" + result.table.to_csv(index=False)).encode()
