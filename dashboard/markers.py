@@ -6,6 +6,7 @@ Differential expression page; :func:`engine.analysis.markers.find_markers` does 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import anndata as ad
@@ -19,6 +20,7 @@ from dashboard.marker_figures import GroupExpression, group_expression
 from dashboard.progress import progress_bar
 from dashboard.state import AppState
 from dashboard.training import load_run
+from engine.analysis.annotation import suggest_names
 from engine.analysis.markers import MarkerResult, find_markers
 
 _SESSION_KEY = "markers_session"
@@ -60,9 +62,36 @@ def _ordered(labels: np.ndarray) -> list[str]:
 
 
 def markers(state: AppState, run, request: MarkersRequest) -> MarkerResult:
-    """The markers of ``request`` on the current data (computed once per run, data and labels)."""
-    labels = dede.label_columns(state, run)[request.groupby].to_numpy(dtype=str)
-    return _markers(run.run_id, state.filtered_key, labels, dede.run_data(state.filtered, run))
+    """The markers of ``request`` on the current data (computed once per run, data and labels).
+
+    Clusters are computed by their ids and shown by their names, so naming a cluster (here or on
+    the Explore page) does not compute its markers again.
+    """
+    if request.groupby != dede.CLUSTERS:
+        labels = dede.label_columns(state, run)[request.groupby].to_numpy(dtype=str)
+        return _markers(run.run_id, state.filtered_key, labels, dede.run_data(state.filtered, run))
+    ids = np.asarray(explore.leiden_clusters(state, run), dtype=str)
+    result = _markers(run.run_id, state.filtered_key, ids, dede.run_data(state.filtered, run))
+    return _renamed(result, _cluster_display_names(state, run))
+
+
+def _cluster_display_names(state: AppState, run) -> dict[str, str]:
+    """Cluster id -> what the pages call it: its name, or its id; "name (id)" when names repeat."""
+    table = explore.cluster_table(state, run)
+    names = {str(c): (str(n).strip() or str(c)) for c, n in zip(table["cluster"], table["name"], strict=True)}
+    repeated = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {c: (f"{n} ({c})" if n in repeated else n) for c, n in names.items()}
+
+
+def _renamed(result: MarkerResult, names: dict[str, str]) -> MarkerResult:
+    if all(names.get(g, g) == g for g in result.n_cells):
+        return result
+    table = result.table.assign(group=result.table["group"].astype(str).map(lambda g: names.get(g, g)))
+    return dataclasses.replace(
+        result, table=table, groups=tuple(names.get(g, g) for g in result.groups),
+        n_cells={names.get(g, g): n for g, n in result.n_cells.items()},
+        skipped={names.get(g, g): why for g, why in result.skipped.items()},
+    )
 
 
 def plot_genes(result: MarkerResult, n: int) -> list[str]:
@@ -75,10 +104,14 @@ def expression_by_group(state: AppState, run, request: MarkersRequest, genes: li
     """Mean log1p expression and fraction of cells expressing, per group, of ``genes`` (display names)."""
     filtered = state.filtered
     labels = dede.label_columns(state, run)[request.groupby]
+    if request.groupby == dede.CLUSTERS:  # the markers' group names, one row per cluster
+        display = _cluster_display_names(state, run)
+        labels = pd.Series(np.asarray(explore.leiden_clusters(state, run), dtype=str)).map(display)
     names = explore.gene_names(filtered)
     positions = [names.get_loc(g) for g in genes]
     counts = filtered.layers["counts"] if "counts" in filtered.layers else filtered.X
-    return group_expression(counts, labels, positions, genes, _ordered(labels.to_numpy(dtype=str)))
+    groups = list(markers(state, run, request).groups)
+    return group_expression(counts, labels, positions, genes, groups)
 
 
 def csv_bytes(result: MarkerResult, *, run_id: str, groupby: str, dataset: str) -> bytes:
@@ -87,3 +120,24 @@ def csv_bytes(result: MarkerResult, *, run_id: str, groupby: str, dataset: str) 
         "up in the group (lfc_mean > 0), expressed in >= 10% of its cells, ranked by P(DE) then LFC")}
     lines = [f"# {k}: {v}" for k, v in header.items()]
     return ("\n".join(lines) + "\n" + result.table.to_csv(index=False)).encode()
+
+
+def suggestions(result: MarkerResult, reference: pd.DataFrame) -> pd.DataFrame:
+    """Suggested cell-type names of the groups, with their evidence (see :mod:`engine.analysis.annotation`)."""
+    return suggest_names(result.table, reference)
+
+
+def name_clusters(state: AppState, run, names: dict[str, str]) -> int:
+    """Give the Leiden clusters the names chosen on the Markers page (keys: the clusters' current labels).
+
+    Returns how many clusters were (re)named. Names are kept as on the Explore page's cluster table.
+    """
+    explore.sync_cluster_names(state)
+    table = explore.cluster_table(state, run)
+    edits = {}
+    for row, (cluster, current) in enumerate(zip(table["cluster"], table["name"], strict=True)):
+        new = (names.get(current or cluster) or "").strip()
+        if new and new != (current or cluster):
+            edits[row] = {"name": new}
+    explore.apply_cluster_edits(state, list(table["cluster"]), edits)
+    return len(edits)

@@ -9,6 +9,7 @@ from dashboard.active_run import require_active_run
 from dashboard.marker_figures import dotplot, heatmap
 from dashboard.progress import progress_bar
 from dashboard.state import get_state
+from engine.analysis.annotation import read_reference, reference_markers
 
 TABLE_CONFIG = {
     "rank": st.column_config.NumberColumn("#", width="small"),
@@ -111,3 +112,46 @@ with st.container(border=True):
                                        dataset=state.dataset.name),
                        file_name=f"atlas_{run.run_id[:10]}_markers.csv", mime="text/csv",
                        key="markers_csv", on_click="ignore")
+
+# ---- Suggested names ----------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Suggested cell-type names")
+    st.caption("Each group's top 25 markers are compared with known markers of blood and pancreas cell "
+               "types (or your own list): a known marker counts more the higher it ranks. The evidence "
+               "column says which genes support the suggestion: check it before you accept a name.")
+    s1, s2 = st.columns([1, 2])
+    source = s1.radio("Known markers", ["blood", "pancreas", "my own list"], key="markers_reference",
+                      horizontal=True)
+    reference = None
+    if source == "my own list":
+        upload = s2.file_uploader("CSV with columns cell_type and gene, one marker per row",
+                                  type=["csv", "txt"], key="markers_reference_file")
+        if upload is not None:
+            try:
+                reference = read_reference(upload.getvalue())
+            except ValueError as err:
+                st.error(str(err))
+    else:
+        reference = reference_markers(source)
+    if reference is None:
+        st.info("Upload a marker list to get suggestions from it.")
+    else:
+        suggested = dmark.suggestions(result, reference).rename(columns={"suggestion": "name"})
+        edited = st.data_editor(
+            suggested, hide_index=True, width="stretch", key=f"markers_names_{request.groupby}_{source}",
+            disabled=["group", "score", "evidence", "runner_up", "runner_up_score"],
+            column_config={
+                "group": st.column_config.TextColumn("Group"),
+                "name": st.column_config.TextColumn("Name (edit to change)"),
+                "score": st.column_config.NumberColumn("Score", format="%.2f"),
+                "evidence": st.column_config.TextColumn("Evidence (marker and its rank)", width="large"),
+                "runner_up": st.column_config.TextColumn("Runner-up"),
+                "runner_up_score": st.column_config.NumberColumn("Its score", format="%.2f"),
+            })
+        if request.groupby == dede.CLUSTERS:
+            if st.button("Use these names for the clusters", type="primary", key="markers_apply_names"):
+                named = dmark.name_clusters(state, run, dict(zip(edited["group"], edited["name"], strict=True)))
+                st.success(f"Named {named} cluster{'s' if named != 1 else ''}: the names show on every page "
+                           "and in the export. Edit them on the Explore page's cluster table.")
+        else:
+            st.caption("Names can be applied to Leiden clusters: choose 'Leiden clusters' above.")

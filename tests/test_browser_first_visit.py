@@ -20,7 +20,7 @@ def test_first_request_for_a_page_after_a_restart_gets_the_whole_app(tmp_path_fa
         page.get_by_text("12,261 cells x 1,287 genes after QC").wait_for()  # the sample, loaded by dashboard/app.py
         page.get_by_role("heading", name="Settings").wait_for()  # the Train form, not "Load a dataset first"
         page.get_by_text("Likelihood", exact=True).wait_for()
-        page.get_by_role("button", name="Train").wait_for()
+        page.get_by_role("button", name="Train", exact=True).wait_for()
         page.screenshot(path=str(ARTIFACTS / "first_visit_train.png"), full_page=True)
         sidebar = page.get_by_test_id("stSidebarNav").inner_text()
         assert "Differential expression" in sidebar  # our navigation ...

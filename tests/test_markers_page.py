@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.analysis.annotation import reference_markers
 from tests.conftest import app_with_active_run
 
 MARKERS_PAGE = "../pages/markers.py"
@@ -49,3 +50,30 @@ def test_markers_of_every_cell_type_with_a_dot_plot_heatmap_and_table(markers_ap
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download every group's markers (.csv)" in labels and "Download as HTML" in labels
     assert not at.exception, at.exception
+
+
+@pytest.mark.slow
+def test_suggested_names_come_with_evidence_and_name_the_clusters(markers_app, monkeypatch):
+    from dashboard import markers as dmark
+
+    at, state, run = markers_app
+    at.switch_page(MARKERS_PAGE).run()
+    _widget(at.selectbox, "Markers of").set_value("Leiden clusters").run()
+    next(b for b in at.button if b.label.startswith("Find markers of")).click().run()
+    assert not at.exception, at.exception
+    suggested = dmark.suggestions(dmark.markers(state, run, at.session_state["markers_session"]), reference_markers("blood"))
+    assert suggested["suggestion"].astype(bool).sum() >= 3, suggested  # most clusters get a name
+    assert all(e for e, s in zip(suggested["evidence"], suggested["suggestion"], strict=True) if s)
+
+    computed = []
+    monkeypatch.setattr(dmark, "find_markers", lambda *a, **k: computed.append(1))
+    _widget(at.button, "Use these names for the clusters").click().run()
+    assert not at.exception, at.exception
+    named = state.cluster_names
+    assert len(named) >= 3 and set(named.values()) <= set(suggested["suggestion"]) - {""}
+    assert any("Named" in s.value for s in at.success)
+    # the clusters now show by their names, without computing their markers again
+    groups = dmark.markers(state, run, at.session_state["markers_session"]).groups
+    # (clusters given the same name show as "name (cluster id)")
+    assert all(any(g == n or g.startswith(f"{n} (") for g in groups) for n in named.values()), groups
+    assert computed == []
