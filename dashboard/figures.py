@@ -16,28 +16,42 @@ QC_LABELS = {
 }
 
 
+MAX_TICK_CHARS = 14  # longer group names are shortened on violin axes
+
+
 def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
               lower: float | None = None, upper: float | None = None) -> go.Figure:
-    """Violin (with box) of one per-cell QC metric, one violin per group, with threshold lines."""
+    """Violin (with box) of one per-cell QC metric, one violin per group, with threshold lines.
+
+    The density stops at the data's range (no tail below 0 counts); long group names are shortened
+    on the axis (the hover gives them whole) so the violins keep their width.
+    """
     label = QC_LABELS.get(metric, metric)
     fig = go.Figure()
     if groupby is None:
-        fig.add_trace(go.Violin(y=obs[metric], name="all cells", box_visible=True,
+        fig.add_trace(go.Violin(y=obs[metric], name="all cells", box_visible=True, spanmode="hard",
                                 points=False, line_color="#4C78A8", showlegend=False))
+        names: list[str] = ["all cells"]
     else:
         groups = obs[groupby].astype("category")
+        names = [str(name) for name in groups.cat.categories]
         for name in groups.cat.categories:
             values = obs.loc[groups == name, metric]
-            fig.add_trace(go.Violin(y=values, name=str(name), box_visible=True, points=False,
-                                    showlegend=False))
+            fig.add_trace(go.Violin(y=values, name=str(name), box_visible=True, points=False, spanmode="hard",
+                                    showlegend=False, hoveron="violins", hovertemplate=f"{name}<extra></extra>"))
     for value, text in ((lower, "min"), (upper, "max")):
         if value is not None:
             fig.add_hline(y=value, line_dash="dash", line_color="#E45756",
                           annotation_text=f"{text} {value:g}", annotation_position="top left")
     # group names such as donor ids "1015" are labels, not numbers
-    fig.update_xaxes(type="category")
-    fig.update_layout(title=label, yaxis_title=label, xaxis_title=groupby or "",
-                      margin=dict(l=10, r=10, t=40, b=10), height=320)
+    short = [n if len(n) <= MAX_TICK_CHARS else n[: MAX_TICK_CHARS - 1] + "…" for n in names]
+    longest = max(map(len, short))
+    fig.update_xaxes(type="category", tickvals=names, ticktext=short, automargin=True,
+                     tickangle=-45 if longest > 6 and len(names) > 4 else 0)
+    # The metric is in the panel's title; the y axis needs no second title on top of its ticks.
+    fig.update_yaxes(automargin=True, rangemode="tozero")
+    fig.update_layout(title=label, xaxis_title=groupby or "", margin=dict(l=10, r=10, t=40, b=10),
+                      height=320 + (6 * longest if longest > 6 and len(names) > 4 else 0))
     return fig
 
 

@@ -51,3 +51,14 @@ def test_preview_scatter_colours_each_label_and_says_the_epoch():
     assert fig.layout.title.text == "Latent space at epoch 5 of 40 (6 cells, coloured by cell_type)"
     plain = preview_scatter(layout, None, epoch=1, n_epochs=2)
     assert len(plain.data) == 1 and plain.layout.title.text.endswith("(6 cells)")
+
+
+def test_violin_stops_at_zero_and_shortens_long_group_names():
+    obs = obs_frame()
+    long_names = {"a": "CD14+ Monocytes from donor 1015", "b": "b", "c": "c"}
+    obs["sample"] = pd.Categorical(obs["donor"].map(long_names))
+    fig = figures.qc_violin(obs, "total_counts", groupby="sample")
+    assert all(t.spanmode == "hard" for t in fig.data)  # no density tail below the smallest count
+    ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext, strict=True))
+    assert ticks["CD14+ Monocytes from donor 1015"] == "CD14+ Monocyt…" and ticks["b"] == "b"
+    assert not fig.layout.yaxis.title.text  # the panel title names the metric once

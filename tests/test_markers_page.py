@@ -61,7 +61,8 @@ def test_suggested_names_come_with_evidence_and_name_the_clusters(markers_app, m
     _widget(at.selectbox, "Markers of").set_value("Leiden clusters").run()
     next(b for b in at.button if b.label.startswith("Find markers of")).click().run()
     assert not at.exception, at.exception
-    suggested = dmark.suggestions(dmark.markers(state, run, at.session_state["markers_session"]), reference_markers("blood"))
+    result = dmark.markers(state, run, at.session_state["markers_session"])
+    suggested = dmark.suggestions(result, reference_markers("blood"))
     assert suggested["suggestion"].astype(bool).sum() >= 3, suggested  # most clusters get a name
     assert all(e for e, s in zip(suggested["evidence"], suggested["suggestion"], strict=True) if s)
 
