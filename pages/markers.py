@@ -79,7 +79,8 @@ with st.container(border=True):
     genes = dmark.plot_genes(result, per_group)
     stats = dmark.expression_by_group(state, run, request, genes)
     title = f"Markers of {request.groupby}"
-    fig = dotplot(stats, title=title) if kind == "Dot plot" else heatmap(stats, title=title)
+    # dots sized for the page's width (about 900 px for the plot at a 1400 px window)
+    fig = dotplot(stats, title=title, width=900) if kind == "Dot plot" else heatmap(stats, title=title)
     st.plotly_chart(fig, width="stretch", key="markers_figure")
     d1, d2, d3 = st.columns(3)
     stem = f"atlas_{run.run_id[:10]}_markers_{'dotplot' if kind == 'Dot plot' else 'heatmap'}"
