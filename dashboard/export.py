@@ -15,7 +15,9 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 import anndata as ad
@@ -34,11 +36,11 @@ GeneSet = Literal["run", "all"]
 # Normalised total per cell of X in the export (scanpy's normalize_total target_sum).
 # Static image sizes in CSS pixels at 100 px per inch (journal column widths: 89 and 183 mm);
 # PNG is rendered at PNG_SCALE, i.e. 300 dpi at these sizes.
-FIGURE_SIZES: dict[str, tuple[int, int]] = {
+FIGURE_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType({
     "double column (183 mm)": (720, 540),
     "single column (89 mm)": (350, 330),
     "slide (16:9)": (1000, 562),
-}
+})
 IMAGE_WIDTH, IMAGE_HEIGHT = FIGURE_SIZES["double column (183 mm)"]
 PNG_SCALE = 3
 

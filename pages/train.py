@@ -56,7 +56,10 @@ if state.training_message:
     getattr(st, kind)(text)
 
 # The curve stays after training ends (and for a run made active from the table).
-active = training.load_run(state.active_run_id) if state.active_run_id is not None else None
+try:
+    active = training.load_run(state.active_run_id) if state.active_run_id is not None else None
+except (OSError, ValueError):  # a damaged run folder: the history table below says what to do
+    active = None
 if state.watched_job is None and active is not None and len(active.history):
     just_trained = bool(state.training_message and state.training_message[0] == "success")
     with st.expander(f"Training curve of the active run ({active.run_id[:10]})", expanded=just_trained):

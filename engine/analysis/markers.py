@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -48,7 +49,7 @@ MARKER_COLUMNS = (
 WILCOXON_COLUMNS = ("wilcoxon_score", "wilcoxon_pvalue_adj")
 
 # DE table column -> marker table column
-_FROM_DE = {
+_FROM_DE = MappingProxyType({
     "gene": "gene",
     "lfc_mean": "lfc_mean",
     "proba_de": "proba_de",
@@ -58,7 +59,7 @@ _FROM_DE = {
     "frac_expr_2": "frac_expr_rest",
     "mean_norm_1": "mean_norm_group",
     "mean_norm_2": "mean_norm_rest",
-}
+})
 
 
 @dataclass(frozen=True, eq=False)

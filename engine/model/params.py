@@ -6,6 +6,7 @@ import dataclasses
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
@@ -41,10 +42,10 @@ def fast_max_epochs(n_cells: int) -> int:
 
 
 #: What ``schedule`` means when ``max_epochs`` or ``lr`` are left automatic (None).
-SCHEDULES: dict[str, tuple[Callable[[int], int], float]] = {
+SCHEDULES: Mapping[str, tuple[Callable[[int], int], float]] = MappingProxyType({
     "fast": (fast_max_epochs, 3e-3),
     "thorough": (scvi_max_epochs, 1e-3),
-}
+})
 
 
 @dataclass(frozen=True)
