@@ -33,7 +33,11 @@ def cache_dir() -> Path:
 
 @st.cache_resource
 def job_board() -> JobBoard:
-    """The server's one job board (shared by sessions: jobs are keyed by content hashes)."""
+    """The server's one job board (shared by sessions: jobs are keyed by content hashes).
+
+    It starts the server's local Dask cluster (or connects to ``ATLAS_DASK_SCHEDULER``'s) in the
+    background; the cluster stops with the server (see :mod:`dashboard.compute`).
+    """
     return JobBoard(cache_dir())
 
 
@@ -107,8 +111,11 @@ def runs_for(filtered: ad.AnnData) -> list[ecache.RunInfo]:
     return [r for r in ecache.list_runs(cache_dir()) if r.metrics.get("cells_hash") == cells]
 
 
-def submit(state: AppState, form: TrainForm, board: JobBoard) -> None:
-    """Handle a press of Train: load the run from the cache, or start (or join) a training job."""
+def submit(state: AppState, form: TrainForm, board: JobBoard, *, device: str = "auto") -> None:
+    """Handle a press of Train: load the run from the cache, or start (or join) a training job.
+
+    ``device="cuda"`` asks the cluster for a worker with a GPU (see :meth:`JobBoard.start`).
+    """
     state.training_message = None
     try:
         params = form.params()
@@ -134,7 +141,7 @@ def submit(state: AppState, form: TrainForm, board: JobBoard) -> None:
                 "success", f"Loaded from cache in {time.perf_counter() - t0:.2f} s (run {rid[:10]}). "
                 f"It is now the active run. {notes}".strip())
             return
-    board.start(data, params=params, batch_key=check.batch_key, dataset_name=state.dataset.name)
+    board.start(data, params=params, batch_key=check.batch_key, dataset_name=state.dataset.name, device=device)
     state.watched_job = rid
     st.query_params["run"] = rid
     if notes:

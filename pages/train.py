@@ -42,13 +42,17 @@ with st.container(border=True):
         default_hvg = 0 if filtered.n_vars <= 4000 else 2000
         n_top_genes = st.number_input("Highly variable genes (0 = all genes)", 0, filtered.n_vars,
                                       default_hvg, step=100)
+        device = "auto"
+        if board.gpu_slots():  # the cluster has workers started with a GPU resource
+            device = st.selectbox("Device", ["auto", "cuda", "cpu"],
+                                  help="cuda waits for a worker with a GPU; auto uses one where the job lands.")
     form = TrainForm(batch_key=None if batch == "(none)" else batch, n_top_genes=n_top_genes, options=chosen)
     b1, b2 = st.columns([1, 5], vertical_alignment="center")
     submitted = b1.button("Train", type="primary")
     b2.caption(expected_duration(form, filtered, start_warm_up().calibration))
 
 if submitted:
-    training.submit(state, form, board)
+    training.submit(state, form, board, device=device)
 
 # ---- Progress of the job this session follows ---------------------------------------------------
 if state.training_message:
@@ -75,9 +79,13 @@ def progress_panel() -> None:
         st.subheader(f"Training run {job.run_id[:10]}")
         done = job.epochs_done
         eta = job.eta_seconds
-        st.progress(done / max(job.n_epochs, 1),
-                    text=f"Epoch {done} of {job.n_epochs} · elapsed {job.elapsed:.0f} s"
-                         + (f" · about {eta:.0f} s left" if eta is not None and job.status == "running" else ""))
+        if job.queue_position:  # every worker is busy: say how many jobs must end first
+            ahead = job.queue_position
+            st.progress(0.0, text=f"Waiting for a free worker: {ahead} job{'s' if ahead != 1 else ''} ahead")
+        else:
+            st.progress(done / max(job.n_epochs, 1),
+                        text=f"Epoch {done} of {job.n_epochs} · elapsed {job.elapsed:.0f} s"
+                             + (f" · about {eta:.0f} s left" if eta is not None and job.status == "running" else ""))
         curve, preview = st.columns(2)
         if job.history:
             curve.plotly_chart(elbo_curve(history_frame(job.history)), width="stretch")

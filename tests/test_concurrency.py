@@ -11,7 +11,9 @@ import importlib
 import logging
 import pkgutil
 import threading
+import time
 import types
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -31,8 +33,6 @@ from engine.runs.records import list_runs
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
-# engine/__init__.py exports the function fit, which hides the module of the same name
-FIT_MODULE = importlib.import_module("engine.runs.fit")
 EPOCHS = 3
 
 # Module-level containers reviewed by hand: constant lookup tables, never written at run time
@@ -100,30 +100,57 @@ def test_no_module_global_can_hold_per_user_data():
         "types.MappingProxyType")
 
 
+def _count_trainings(gate: str) -> None:
+    """Run in each worker process: note every training in ``gate`` and hold it until ``gate/go`` exists."""
+    fit_module = importlib.import_module("engine.runs.fit")  # engine exports a function fit, which hides it
+    real = getattr(fit_module._train_run, "__wrapped__", fit_module._train_run)
+
+    def counting(*args, **kwargs):
+        (Path(gate) / f"{args[5]}.{uuid.uuid4().hex}").touch()  # the run id
+        deadline = time.monotonic() + 120
+        while not (Path(gate) / "go").exists():
+            assert time.monotonic() < deadline, "nobody said go"
+            time.sleep(0.02)
+        return real(*args, **kwargs)
+
+    counting.__wrapped__ = real
+    fit_module._train_run = counting
+
+
+class CountedTraining:
+    """Counts trainings per run id in the job board's worker processes, and holds them until :meth:`set`."""
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+        gate.mkdir()
+
+    def install(self, board: JobBoard) -> None:
+        """Count (and hold) the trainings of ``board``'s workers."""
+        board.compute().client.run(_count_trainings, str(self.gate))
+
+    def set(self) -> None:
+        """Let every held training go."""
+        (self.gate / "go").touch()
+
+    def counts(self) -> Counter[str]:
+        return Counter(p.name.split(".")[0] for p in self.gate.iterdir() if p.name != "go")
+
+
 @pytest.fixture
 def counted_training(monkeypatch, tmp_path):
-    """A fresh run cache and job board; counts trainings per run id.
+    """A fresh run cache and job board; counts trainings per run id in the board's worker processes.
 
     Trainings wait for ``go`` so that every session presses Train while the others' jobs are still
-    running.
+    running (or waiting for the worker).
     """
     monkeypatch.setenv(training.CACHE_ENV, str(tmp_path))
     training.job_board.clear()
     training.load_run.clear()
-    counts: Counter[str] = Counter()
-    lock = threading.Lock()
-    go = threading.Event()
-    real = FIT_MODULE._train_run
-
-    def counting(*args, **kwargs):
-        with lock:
-            counts[args[5]] += 1  # the run id
-        assert go.wait(timeout=120)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(FIT_MODULE, "_train_run", counting)
-    yield counts, go, tmp_path
+    go = CountedTraining(tmp_path / "gate")
+    go.install(training.job_board())
+    yield go, tmp_path
     go.set()
+    training.job_board().close()
     training.job_board.clear()
     training.load_run.clear()
 
@@ -157,7 +184,7 @@ def state_of(at: AppTest):
 
 
 def test_four_sessions_train_at_once_isolated_and_the_shared_run_once(datasets, counted_training):
-    counts, go, cache = counted_training
+    go, cache = counted_training
     before = copy.deepcopy(comparable_state())
     plan = [("a.h5ad", "a"), ("b.h5ad", "b"), ("c.h5ad", "c"), ("a-again.h5ad", "a")]
     apps = [open_session(name, datasets[key]) for name, key in plan]
@@ -184,7 +211,7 @@ def test_four_sessions_train_at_once_isolated_and_the_shared_run_once(datasets, 
     for rid in set(rids):
         job = board.get(rid)
         assert job.wait(timeout=180) and job.status == "finished", job.error
-    assert counts == {rid: 1 for rid in set(rids)}  # the shared run trained once
+    assert go.counts() == {rid: 1 for rid in set(rids)}  # the shared run trained once
     assert {r.run_id for r in list_runs(cache)} == set(rids)
 
     for at, state, rid in zip(apps, states, rids, strict=True):
@@ -202,10 +229,11 @@ def test_four_sessions_train_at_once_isolated_and_the_shared_run_once(datasets, 
 
 
 def test_job_board_from_four_threads(kang_small_path, tmp_path, counted_training):
-    counts, go, _ = counted_training
+    go, _ = counted_training
     adata = read_counts(kang_small_path)
     data = {"a": adata[:300].copy(), "b": adata[300:600].copy(), "c": adata[600:900].copy()}
     board = JobBoard(tmp_path / "board")
+    go.install(board)
     params = RunParams(max_epochs=2, seed=3)
     barrier = threading.Barrier(4)
     jobs: dict[int, object] = {}
@@ -223,6 +251,7 @@ def test_job_board_from_four_threads(kang_small_path, tmp_path, counted_training
     go.set()
     for job in jobs.values():
         assert job.wait(timeout=120) and job.status == "finished", job.error
-    assert sorted(counts.values()) == [1, 1, 1]
+    assert sorted(go.counts().values()) == [1, 1, 1]
     assert [j.dataset_name for j in board.jobs(data_hash=jobs[1].data_hash)] == ["b"]
     assert len(list_runs(tmp_path / "board")) == 3
+    board.close()

@@ -1,0 +1,290 @@
+"""Training jobs on Dask: queue, one job per run, cancel and worker deaths across processes, no orphans.
+
+Most tests share one local cluster of one worker process with one thread (``LocalCluster(n_workers=1,
+threads_per_worker=1, processes=True)``, in its helper process), as a busy lab server would look; the
+external-scheduler test starts ``dask scheduler`` and ``dask worker`` as processes on localhost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import training
+from dashboard.compute import (
+    GIB,
+    MEMORY_ENV,
+    SCHEDULER_ENV,
+    THREADS_ENV,
+    WORKERS_ENV,
+    LocalSizing,
+    local_sizing,
+    start_local,
+)
+from dashboard.jobs import JobBoard, TrainingJob
+from engine.model.params import RunParams
+from engine.reading.load import read_counts
+from engine.runs import remote
+from engine.runs.records import has_run, interrupted_runs, list_runs
+
+from .conftest import REPO, _free_port
+
+ONE_WORKER = LocalSizing(n_workers=1, threads_per_worker=1, memory_limit=4 * GIB, torch_threads=1)
+
+
+def one_worker_cluster():
+    return start_local(ONE_WORKER)
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def long_params(seed: int, epochs: int = 400) -> RunParams:
+    return RunParams(max_epochs=epochs, early_stopping=False, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def adata(kang_small_path):
+    return read_counts(kang_small_path)
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    with JobBoard(tmp_path_factory.mktemp("runs"), compute=one_worker_cluster) as board:
+        board.compute()  # started before the first test's clock runs
+        yield board
+
+
+def idle(board: JobBoard) -> bool:
+    return not any(board.compute().client.processing().values())
+
+
+# ---- sizing (no cluster) --------------------------------------------------------------------------
+def test_local_sizing_from_the_machine_and_the_environment():
+    sizing = local_sizing({}, cores=16, memory=64 * GIB)
+    assert (sizing.n_workers, sizing.threads_per_worker, sizing.torch_threads) == (4, 1, 4)
+    assert sizing.memory_limit == int(64 * GIB * 0.75 / 4)
+    small = local_sizing({}, cores=2, memory=8 * GIB)
+    assert (small.n_workers, small.torch_threads) == (1, 2)
+    assert local_sizing({}, cores=64, memory=16 * GIB).n_workers == 3  # memory-bound: 12 GiB / 4 GiB
+    env = {WORKERS_ENV: "3", THREADS_ENV: "2", MEMORY_ENV: "6GiB"}
+    chosen = local_sizing(env, cores=12, memory=64 * GIB)
+    assert chosen == LocalSizing(n_workers=3, threads_per_worker=2, memory_limit=6 * GIB, torch_threads=2)
+    with pytest.raises(ValueError, match=WORKERS_ENV):
+        local_sizing({WORKERS_ENV: "zero"}, cores=4, memory=GIB)
+    with pytest.raises(ValueError, match=MEMORY_ENV):
+        local_sizing({MEMORY_ENV: "lots"}, cores=4, memory=GIB)
+
+
+def test_a_second_attempt_of_a_killed_submission_fails_with_advice(tmp_path):
+    # What a scheduler that retries tasks of dead workers (allowed-failures > 0) gets on its retry.
+    remote.write_progress(tmp_path, "r1", {"run_id": "r1", "token": "t", "status": "running",
+                                          "history": [{"epoch": 1}, {"epoch": 2}]})
+    with pytest.raises(remote.WorkerDied, match=f"killed after 2 epochs.*{MEMORY_ENV}"):
+        remote.train_job(str(tmp_path), "r1", params=RunParams(), batch_key=None, token="t")
+    assert remote.read_progress(tmp_path, "r1")["status"] == "failed"
+
+
+# ---- the shared one-worker cluster ----------------------------------------------------------------
+def train_page(kang_small_path: Path, board: JobBoard, monkeypatch) -> AppTest:
+    """The Train page of a session that uploaded the small Kang fixture, on ``board``."""
+    monkeypatch.setattr(training, "job_board", lambda: board)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
+    at.run()
+    at.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(), "application/octet-stream")).run()
+    at.switch_page("../pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.slow
+def test_one_job_per_run_and_a_queue_behind_a_busy_worker(board, adata, kang_small_path, monkeypatch):
+    at = train_page(kang_small_path, board, monkeypatch)
+    params = RunParams(max_epochs=8, early_stopping=False, seed=11)
+    first = board.start(adata, params=params, batch_key="donor")
+    again = board.start(adata.copy(), params=params, batch_key="donor")  # another session, same run
+    assert again is first
+    second = board.start(adata, params=RunParams(max_epochs=2, seed=12), batch_key=None)
+    until(lambda: first.running_since is not None, 60, "the first job starts")
+    assert first.queue_position is None
+    until(lambda: second.queue_position == 1, 10, "the second job waits, one job ahead")
+    at.session_state["atlas_state"].watched_job = second.run_id  # a session following the waiting job
+    at.run()
+    assert not at.exception, at.exception
+    texts = [e.proto.text for e in at.get("progress")]
+    assert "Waiting for a free worker: 1 job ahead" in texts, texts
+    keys = board.compute().client.run_on_scheduler(
+        lambda dask_scheduler: sorted(k for k in dask_scheduler.tasks if str(k).startswith("train-")))
+    assert keys == sorted([f"train-{first.run_id}", f"train-{second.run_id}"])  # one task per run
+    assert first.wait(120) and first.status == "finished", first.error
+    assert second.wait(120) and second.status == "finished", second.error
+    assert second.running_since >= first.finished - 0.5  # it trained after the first, on the one worker
+    assert len(first.history) == 8 and len(second.history) == 2 and first.preview is not None
+    assert {r.run_id for r in list_runs(board.cache_dir)} >= {first.run_id, second.run_id}
+    assert not list(board.cache_dir.glob(".job-*"))  # the job files are gone with the jobs
+
+
+@pytest.mark.slow
+def test_cancel_across_processes_within_2_s_and_nothing_saved(board, adata):
+    running = board.start(adata, params=long_params(21), batch_key=None)
+    waiting = board.start(adata, params=long_params(22), batch_key=None)
+    until(lambda: running.epochs_done >= 1, 120, "the first epoch")
+    assert waiting.queue_position == 1
+    t0 = time.monotonic()
+    waiting.cancel()  # still in the queue: leaves it at once
+    assert waiting.wait(2) and waiting.status == "cancelled"
+    t1 = time.monotonic()
+    running.cancel()
+    assert running.wait(2), "a training job did not stop within 2 s of cancel"
+    latency = time.monotonic() - t1
+    assert running.status == "cancelled"
+    until(lambda: idle(board), 2, "the worker is free again")
+    print(f"\ncancel: queued job {t1 - t0:.2f} s, running job {latency:.2f} s, worker free "
+          f"{time.monotonic() - t1:.2f} s after cancel")
+    for job in (running, waiting):
+        assert not has_run(board.cache_dir, job.run_id)
+    assert interrupted_runs(board.cache_dir) == []  # a cancel is no crash
+    assert not [p for p in board.cache_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_worker_fails_the_job_with_advice_and_a_retry_trains(board, adata):
+    params = long_params(31, epochs=12)
+    job = board.start(adata, params=params, batch_key="donor")
+    until(lambda: job.epochs_done >= 1, 120, "the first epoch")
+    (pid,) = board.compute().worker_pids().values()
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    assert job.wait(30), "the job of a killed worker did not end"
+    print(f"\nSIGKILL to failed status: {time.monotonic() - t0:.2f} s")
+    assert job.status == "failed"
+    assert "killed" in job.error and "memory" in job.error and MEMORY_ENV in job.error, job.error
+    assert "batch size" in job.error and "fewer cells" in job.error
+    # the server and its board go on
+    assert board.get(job.run_id) is job and job in board.jobs()
+    assert board.interrupted() == []  # the job itself says what happened
+    assert not has_run(board.cache_dir, job.run_id)
+    retry = board.start(adata, params=params, batch_key="donor")
+    assert retry is not job
+    assert retry.wait(240) and retry.status == "finished", retry.error
+    assert len(retry.history) == 12 and has_run(board.cache_dir, job.run_id)
+    assert interrupted_runs(board.cache_dir) == []
+
+
+# ---- clusters of their own --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_close_leaves_no_worker_process(tmp_path, adata):
+    board = JobBoard(tmp_path, compute=one_worker_cluster)
+    job = board.start(adata[:300].copy(), params=RunParams(max_epochs=2, seed=41), batch_key=None)
+    assert job.wait(120) and job.status == "finished", job.error
+    host = board.compute().host
+    pids = list(board.compute().worker_pids().values())
+    assert pids and all(psutil.Process(p).ppid() == host.pid for p in pids)  # the cluster's process starts them
+    board.close()
+    assert host.poll() is not None
+    until(lambda: all(gone(p) for p in pids), 10, "the worker processes exit")
+
+
+SERVER = """
+import os, signal, sys, time
+from dashboard.jobs import JobBoard
+from engine.model.params import RunParams
+from engine.reading.load import read_counts
+
+if __name__ == "__main__":
+    board = JobBoard(sys.argv[1])
+    job = board.start(read_counts(sys.argv[2])[:300].copy(), params=RunParams(max_epochs=400, early_stopping=False),
+                      batch_key=None)
+    while not job.history:
+        time.sleep(0.05)
+    print(*board.compute().worker_pids().values(), flush=True)
+    if sys.argv[3] == "sigkill":
+        time.sleep(300)  # killed here
+    # "exit": the interpreter ends with a job running and the board never closed
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["exit", "sigkill"])
+def test_no_orphan_workers_when_the_server_ends(tmp_path, kang_small_path, end):
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(SERVER))
+    env = {**os.environ, "PYTHONPATH": str(REPO), WORKERS_ENV: "1", THREADS_ENV: "1", MEMORY_ENV: "4GiB"}
+    server = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs"), str(kang_small_path), end],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pids = [int(p) for p in server.stdout.readline().split()]
+        assert pids, "the server printed no worker pid"
+        assert all(server.pid in {q.pid for q in psutil.Process(p).parents()} for p in pids)
+        processes = pids + [psutil.Process(p).ppid() for p in pids]  # the workers and the cluster's process
+        if end == "sigkill":
+            server.send_signal(signal.SIGKILL)
+        server.wait(timeout=60)
+        until(lambda: all(gone(p) for p in processes), 10, "the cluster's processes exit")
+    finally:
+        server.kill()
+        server.stdout.close()
+
+
+# ---- an existing cluster ------------------------------------------------------------------------------
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=REPO,
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_an_external_scheduler_and_worker_train_a_job(tmp_path, adata, monkeypatch):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address",
+                        "127.0.0.1:0"], tmp_path / "scheduler.log")
+    worker = _start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
+                     "--no-dashboard", "--memory-limit", "4GiB", "--preload", "engine.runs.remote"],
+                    tmp_path / "worker.log")
+    try:
+        monkeypatch.setenv(SCHEDULER_ENV, address)
+        with JobBoard(tmp_path / "runs") as board:  # the default: ATLAS_DASK_SCHEDULER, as a server reads it
+            compute = board.compute(timeout=60)
+            assert compute.host is None and address in compute.description
+            until(lambda: compute.capacity()["all"] == 1, 60, "the worker joins the scheduler")
+            job: TrainingJob = board.start(adata, params=RunParams(max_epochs=2, seed=51), batch_key="donor")
+            assert job.wait(180) and job.status == "finished", f"{job.error}\n{(tmp_path / 'worker.log').read_text()}"
+            worker_pids = set(compute.worker_pids().values())
+        assert len(job.history) == 2 and has_run(tmp_path / "runs", job.run_id)
+        # the job ran in the `dask worker` started above, not in a cluster of the board's own
+        assert worker_pids and all(worker.pid in {q.pid for q in psutil.Process(p).parents()} for p in worker_pids)
+    finally:
+        _stop(worker)
+        _stop(scheduler)
