@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import get_args
 
 from engine.analysis.de import Mode, groups_from_obs, write_de_csv
+from engine.cli.trained_input import read_trained
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,29 +61,11 @@ def parse_within(text: str | None) -> tuple[str, str] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``de`` command; bad input raises ValueError (exit code 2)."""
-    import anndata as ad
-
     from engine.analysis.de import differential_expression
 
-    # The model stack (torch) is imported only when the command runs, not for --help.
-    from engine.runs.storage import load_run
-
     within = parse_within(args.within)
-    if not args.input.is_file():
-        raise ValueError(f"{args.input} not found")
-    adata = ad.read_h5ad(args.input)
-    run_id = adata.uns.get("atlas_run", {}).get("run_id")
-    if run_id is None:
-        raise ValueError(
-            f"{args.input} has no uns['atlas_run']['run_id']: train it first with "
-            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
-        )
-    trained = load_run(args.cache_dir, str(run_id))
-    if trained is None:
-        raise ValueError(
-            f"run {run_id} not found in {args.cache_dir}: train it first with "
-            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
-        )
+    adata, trained = read_trained(args.input, args.cache_dir)
+    run_id = trained.run_id
     group1, group2 = groups_from_obs(
         adata, groupby=args.groupby, group1=args.group1, group2=args.group2, within=within
     )

@@ -19,20 +19,11 @@ import time
 from pathlib import Path
 
 from engine.analysis.de import write_de_csv
+from engine.analysis.markers import MARKER_COLUMNS
+from engine.cli.trained_input import read_trained
 
-# Columns of the CSV, then the Wilcoxon ones when the test ran.
-CSV_COLUMNS = (
-    "group",
-    "rank",
-    "gene",
-    "var_name",
-    "lfc_mean",
-    "proba_de",
-    "bayes_factor",
-    "is_de_fdr",
-    "frac_expr_group",
-    "frac_expr_rest",
-)
+# Columns of the CSV (the marker table less the mean expressions), then the Wilcoxon ones when the test ran.
+CSV_COLUMNS = tuple(c for c in MARKER_COLUMNS if not c.startswith("mean_norm"))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -62,28 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``markers`` command; bad input raises ValueError (exit code 2)."""
-    import anndata as ad
-
     from engine.analysis.markers import WILCOXON_COLUMNS, find_markers
 
-    # The model stack (torch) is imported only when the command runs, not for --help.
-    from engine.runs.storage import load_run
-
-    if not args.input.is_file():
-        raise ValueError(f"{args.input} not found")
-    adata = ad.read_h5ad(args.input)
-    run_id = adata.uns.get("atlas_run", {}).get("run_id")
-    if run_id is None:
-        raise ValueError(
-            f"{args.input} has no uns['atlas_run']['run_id']: train it first with "
-            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
-        )
-    trained = load_run(args.cache_dir, str(run_id))
-    if trained is None:
-        raise ValueError(
-            f"run {run_id} not found in {args.cache_dir}: train it first with "
-            f"python -m engine train {args.input} --cache-dir {args.cache_dir} ..."
-        )
+    adata, trained = read_trained(args.input, args.cache_dir)
+    run_id = trained.run_id
     start = time.perf_counter()
     result = find_markers(
         trained,

@@ -1,0 +1,34 @@
+"""What ``de`` and ``markers`` start from: a file written by ``python -m engine train`` and its run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from engine.runs.records import Run
+
+
+def read_trained(path: Path, cache_dir: Path) -> tuple[ad.AnnData, Run]:
+    """The AnnData at ``path`` and the run its ``uns['atlas_run']['run_id']`` names in ``cache_dir``.
+
+    Raises ValueError, saying how to train it, when the file, its run id or the run is missing.
+    """
+    import anndata as ad
+
+    # The model stack (torch) is imported only when a command runs, not for --help.
+    from engine.runs.storage import load_run
+
+    if not path.is_file():
+        raise ValueError(f"{path} not found")
+    adata = ad.read_h5ad(path)
+    run_id = adata.uns.get("atlas_run", {}).get("run_id")
+    train_first = f"train it first with python -m engine train {path} --cache-dir {cache_dir} ..."
+    if run_id is None:
+        raise ValueError(f"{path} has no uns['atlas_run']['run_id']: {train_first}")
+    trained = load_run(cache_dir, str(run_id))
+    if trained is None:
+        raise ValueError(f"run {run_id} not found in {cache_dir}: {train_first}")
+    return adata, trained
