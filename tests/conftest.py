@@ -159,6 +159,16 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
     return at, state, run
 
 
+def train_fixture_in_browser(page, dashboard_url: str, epochs: int) -> None:
+    """Open the dashboard, upload the small fixture (1,145 cells: quick on CI), train it and wait until it is active."""
+    page.goto(dashboard_url)
+    page.get_by_text("12,261", exact=True).first.wait_for()  # the sample is loaded at start
+    page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
+    page.get_by_text("1,145", exact=True).first.wait_for()
+    train_in_browser(page, epochs)
+    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
+
+
 def train_in_browser(page, epochs: int, *, seed: int | None = None) -> None:
     """On the Train page, set a fixed number of epochs, press Train and wait until the run is active.
 

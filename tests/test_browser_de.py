@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import ARTIFACTS, FIXTURES, train_in_browser
+from .conftest import ARTIFACTS, train_fixture_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,14 +34,7 @@ def test_volcano_click_shows_the_genes_violins(dashboard_url, browser_page):
 
 
 def _compare_and_click(page, dashboard_url: str) -> None:
-    page.goto(dashboard_url)
-    page.get_by_text("12,261", exact=True).first.wait_for()  # the sample is loaded at start
-    # The small fixture (1,145 cells, 150 per cell type) keeps training and the DE quick.
-    page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
-    page.get_by_text("1,145", exact=True).first.wait_for()
-
-    train_in_browser(page, QUICK_EPOCHS)
-    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
+    train_fixture_in_browser(page, dashboard_url, QUICK_EPOCHS)  # 150 cells per cell type
 
     page.get_by_role("link", name="Differential expression").click()
     page.get_by_role("combobox", name="Compare groups of").wait_for(timeout=180_000)

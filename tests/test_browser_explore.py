@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .conftest import ARTIFACTS, FIXTURES, train_in_browser
+from .conftest import ARTIFACTS, train_fixture_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,13 +15,7 @@ EPOCHS = 3
 
 def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     page = browser_page
-    page.goto(dashboard_url)
-    page.get_by_text("12,261", exact=True).first.wait_for()
-    # The small fixture (1,145 cells) keeps training and the first UMAP quick on CI machines.
-    page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
-    page.get_by_text("1,145", exact=True).first.wait_for()
-    train_in_browser(page, EPOCHS)
-    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
+    train_fixture_in_browser(page, dashboard_url, EPOCHS)
 
     page.get_by_role("link", name="Explore").click()
     plot = page.locator(".js-plotly-plot").first

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import ARTIFACTS, FIXTURES, train_in_browser
+from .conftest import ARTIFACTS, train_fixture_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -11,12 +11,7 @@ EPOCHS = 15  # enough for the fixture's cell types to separate
 
 def test_markers_dot_plot_and_suggested_names_reach_the_explore_page(dashboard_url, browser_page):
     page = browser_page
-    page.goto(dashboard_url)
-    page.get_by_text("12,261", exact=True).first.wait_for()
-    page.locator("input[type=file]").set_input_files(str(FIXTURES / "kang_small.h5ad"))
-    page.get_by_text("1,145", exact=True).first.wait_for()
-    train_in_browser(page, EPOCHS)
-    page.get_by_text("It is now the active run").wait_for(timeout=300_000)
+    train_fixture_in_browser(page, dashboard_url, EPOCHS)
 
     page.get_by_role("link", name="Markers").click()
     page.get_by_role("button", name="Find markers").click()
