@@ -30,6 +30,7 @@ processes exit when their parent's pipe closes).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import dask
 import psutil
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, LocalCluster
@@ -57,6 +59,34 @@ MEMORY_SHARE = 0.75  # of the machine's memory, for all local workers together (
 CONNECT_TIMEOUT = "20s"
 HOST_START_SECONDS = 180  # for the local cluster to be up (its workers import torch)
 CAPACITY_TTL = 1.0  # seconds a count of the cluster's job slots is reused
+
+
+# Dask's defaults watch an idle cluster closely: a 20 ms event-loop tick in every process, a
+# statistical profiler sampling every 10 ms, a GIL monitor, memory checks ten times a second. On
+# 2 cores that alone cost 8-11 % of a core with nothing running (BENCHMARKS.md, "Compute layer").
+# A job here lasts seconds to hours, so these settle for a look every second or so.
+QUIET_CONFIG: Mapping[str, object] = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
+
+
+def worker_environ(torch_threads: int) -> dict[str, str]:
+    """Environment of a new local worker process: its share of the cores for every thread pool.
+
+    Replaces Dask's pre-spawn default, which pins OpenMP, MKL and OpenBLAS to one thread (right for
+    many small tasks, wrong for one training that should use the worker's cores) and sets glibc's
+    ``MALLOC_TRIM_THRESHOLD_`` so low that torch's short-lived tensors go back to the kernel and are
+    paged in again at every minibatch. With Dask's defaults (these, and the profiler) an epoch of the
+    12k sample took 1.0 s in a worker against 0.8 s in the server; with ours 0.77 s. A variable the
+    server itself was started with wins, as in Dask.
+    """
+    threads = str(max(1, torch_threads))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
 
 
 @dataclass(frozen=True)
@@ -235,17 +265,23 @@ def _host(spec: str) -> None:
     options = json.loads(spec)
     gpus = options.pop("gpus", 0)
     sizing = LocalSizing(**options)
+    dask.config.set({**QUIET_CONFIG, "distributed.nanny.pre-spawn-environ": worker_environ(sizing.torch_threads)})
     # stdout carries the address only: the workers (and any print) write to stderr instead
     address_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     cluster = LocalCluster(
         n_workers=sizing.n_workers, threads_per_worker=sizing.threads_per_worker, processes=True,
-        memory_limit=sizing.memory_limit, host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
+        memory_limit=sizing.memory_limit, host="127.0.0.1", scheduler_port=0,
+        dashboard_address=None,  # Bokeh's dashboard refreshes even when nobody looks: off here
         # a task whose worker dies fails at once with KilledWorker, instead of killing three more workers
         scheduler_kwargs={"allowed_failures": 0},
         resources={"GPU": 1} if gpus else None,
-        preload=["engine.runs.remote"],  # torch and the engine are imported before the first job
+        # torch and the engine are imported, and their numba kernels loaded, before the first job
+        preload=["engine.runs.remote"],
     )
+    # The scheduler (in this process) unpickles each new task's function, which imports its module:
+    # once now (about 1 s), not at the first press of Train.
+    importlib.import_module("engine.runs.remote")
     address_out.write(f"{cluster.scheduler_address}\n")
     address_out.close()
     sys.stdin.read()  # until the server closes the pipe, or dies

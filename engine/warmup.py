@@ -37,7 +37,7 @@ def warm_up(seed: int = 0) -> float:
 
 
 def _likelihood_kernel(seed: int) -> None:
-    """One ZINB and one NB value-and-gradient on a few synthetic cells (compiles engine.model.nb_kernel)."""
+    """A ZINB and an NB value-and-gradient on a few cells (compiles engine.model.nb_kernel), then an Adam step."""
     import torch
 
     from engine.model.likelihoods import sparse_nb_log_likelihood
@@ -53,3 +53,5 @@ def _likelihood_kernel(seed: int) -> None:
         library_log = counts.sum(1).log()
         value = sparse_nb_log_likelihood(logits, library_log, theta, zi, flat, rows, cols, counts[rows, cols])
         value.sum().backward()
+    # torch imports torch._dynamo (1.5 s) when the first optimizer is made: at warm-up, not in the first run
+    torch.optim.Adam([theta], lr=1e-3).step()

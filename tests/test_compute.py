@@ -98,6 +98,25 @@ def test_local_sizing_from_the_machine_and_the_environment():
         local_sizing({MEMORY_ENV: "lots"}, cores=4, memory=GIB)
 
 
+def _worker_view() -> dict:
+    import dask
+
+    return {"tick": dask.config.get("distributed.admin.tick.interval"),
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            "model": "engine.runs.fit" in sys.modules}
+
+
+def test_the_local_cluster_is_quiet_when_idle_and_ready_for_the_first_job(board):
+    """Dask's fine-grained monitors are off (they cost 8-11 % of a core idle), the worker's thread pools
+    get its cores (not Dask's one), the worker has the model imported and the scheduler the job module."""
+    compute = board.compute()
+    (view,) = compute.client.run(_worker_view).values()
+    omp = os.environ.get("OMP_NUM_THREADS", str(ONE_WORKER.torch_threads))  # a setting of the server's wins
+    assert view == {"tick": "1s", "profile": False, "omp": omp, "trim": None, "model": True}
+    assert compute.client.run_on_scheduler(lambda: "engine.runs.remote" in sys.modules)
+
+
 def test_a_second_attempt_of_a_killed_submission_fails_with_advice(tmp_path):
     # What a scheduler that retries tasks of dead workers (allowed-failures > 0) gets on its retry.
     remote.write_progress(tmp_path, "r1", {"run_id": "r1", "token": "t", "status": "running",

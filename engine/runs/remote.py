@@ -26,13 +26,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -40,9 +41,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from engine.model.params import RunParams
-from engine.model.training import EpochReport, TrainingCancelled
-from engine.runs.fit import fit
 from engine.runs.records import counts_matrix
+
+if TYPE_CHECKING:
+    from engine.model.training import EpochReport
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,25 @@ def killed_message(epochs_done: int, memory_limit: str | None) -> str:
             f"worker: set {MEMORY_ENV} (for example {MEMORY_ENV}=16GiB) and restart the server.")
 
 
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook (``dask worker --preload engine.runs.remote``): import the model, warm up in the background.
+
+    Loads the numba kernels of training and the live preview (see :mod:`engine.warmup`) while the
+    worker waits for its first job, which then starts at full speed (its first epoch took 1 s more
+    without).
+    """
+    import engine.runs.fit  # noqa: F401 - torch and the model, imported before the worker takes jobs
+    from engine.warmup import warm_up
+
+    def run() -> None:
+        try:
+            logger.info("worker %s warmed up in %.1f s", getattr(worker, "address", "?"), warm_up())
+        except Exception:  # noqa: BLE001 - a failed warm-up only makes the first job slower
+            logger.warning("warm-up of the worker failed", exc_info=True)
+
+    threading.Thread(target=run, name="atlas-warm-up", daemon=True).start()
+
+
 def _torch_threads(threads: int | None) -> int:
     """CPU threads for torch in this job: ``threads``, else the cores this process may use per task slot."""
     if threads:
@@ -241,7 +262,12 @@ def train_job(
         return {"status": "cancelled", "epochs": 0}
     write_progress(cache_dir, run_id, state)
 
+    # Here, not at the top: a Dask scheduler unpickles this function's reference (so imports this
+    # module) at every first submission, and needs no torch for that.
     import torch
+
+    from engine.model.training import TrainingCancelled
+    from engine.runs.fit import fit
 
     torch.set_num_threads(_torch_threads(threads))
     last_check = [0.0, False]  # time of the last look for the cancel marker, and what it found
