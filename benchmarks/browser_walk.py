@@ -52,11 +52,12 @@ What "drawn" means (steps 3 to 7). A script injected into the page before it loa
 
 - the input: the first ``pointerdown`` or ``keydown`` after the step is armed (arming happens
   after any preparation, e.g. once the dropdown is open and filtered to the gene);
-- every DOM mutation inside each target chart's ``.js-plotly-plot`` element (found through the
-  ``st-key-<key>`` class Streamlit gives keyed elements: ``explore_scatter``, ``explore_sizes``,
-  ``de_volcano``), hover labels and the mode bar excluded. Plotly rebuilds a figure's SVG layers
-  (axes, legend, colour bar) on every ``Plotly.react``, so every redraw mutates this subtree, also
-  when the points themselves are WebGL;
+- every DOM mutation inside each target chart (found through the ``st-key-<key>`` class Streamlit
+  gives keyed elements): the Explore scatter's ``.atlas-scatter`` (``dashboard/cell_scatter.js``
+  sets its ``data-drawn`` attribute at the end of each canvas pass, after its legend or colour bar),
+  and the ``.js-plotly-plot`` element of ``explore_sizes`` and ``de_volcano``, hover labels and the
+  mode bar excluded (Plotly rebuilds a figure's SVG layers on every ``Plotly.react``, so every
+  redraw mutates this subtree, also when the points themselves are WebGL);
 - Streamlit's script run state, ``data-test-script-state`` on ``[data-testid="stApp"]``
   ("running" / "rerunRequested" vs "notRunning"), which the front end sets the moment the state
   changes. (The running indicator ``[data-testid="stStatusWidget"]`` is not used: Streamlit only
@@ -100,7 +101,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SAMPLE_TEXT = "12,261 cells x 1,287 genes after QC"
-SCATTER = ".st-key-explore_scatter .js-plotly-plot"
+SCATTER = ".st-key-explore_scatter .atlas-scatter"  # the canvas scatter (dashboard/cell_scatter.js)
 SIZES = ".st-key-explore_sizes .js-plotly-plot"
 VOLCANO = ".st-key-de_volcano .js-plotly-plot"
 DRAWN_IN = re.compile(r"Drawn in ([\d.]+) s")  # the Explore page's caption under the scatter
@@ -115,14 +116,23 @@ TRACKER_JS = r"""
   const IGNORED = '.hoverlayer, .modebar-container, .dragcover';
   const w = window.__walk = {
     armed: false, t0: null, charts: [], cond: null, condAt: null, runs: [], muts: [],
-    running: false, idleSince: 0, totalRuns: 0,
+    running: false, idleSince: 0, totalRuns: 0, replies: [],
+  };
+  // When the server's messages arrive (Streamlit's websocket): splits a step's time into the
+  // server's part (input -> first reply) and the browser's (reply -> picture).
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', () => { if (w.armed && w.t0 !== null) w.replies.push(performance.now()); });
+    }
   };
   // Streamlit's own run state, set on the app's root element as soon as the state changes
   // (its running indicator only shows after 500 ms of running, so it misses short runs).
   const isRunning = () => ['running', 'rerunRequested'].includes(
     document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState);
   w.arm = (charts, cond) => {
-    w.armed = true; w.t0 = null; w.charts = charts; w.condAt = null; w.runs = [];
+    w.armed = true; w.t0 = null; w.charts = charts; w.condAt = null; w.runs = []; w.replies = [];
     w.muts = charts.map(() => []);
     w.cond = cond ? new Function('return (' + cond + ');') : null;
   };
@@ -130,7 +140,7 @@ TRACKER_JS = r"""
     now: performance.now(), t0: w.t0, t0wall: w.t0wall, condAt: w.condAt, hasCond: w.cond !== null, runs: w.runs,
     charts: w.charts.map((c, i) => ({selector: c, n: w.muts[i].length, first: w.muts[i][0] ?? null,
                                       last: w.muts[i].at(-1) ?? null})),
-    running: w.running, idleSince: w.idleSince, totalRuns: w.totalRuns,
+    running: w.running, idleSince: w.idleSince, totalRuns: w.totalRuns, replies: w.replies.slice(),
   });
   const onInput = () => { if (w.armed && w.t0 === null) { w.t0 = performance.now(); w.t0wall = Date.now(); } };
   window.addEventListener('pointerdown', onInput, true);
@@ -350,7 +360,10 @@ class Walk:
             settled = max([c["last"] for c in changed] + [cond_at])
         else:  # nothing was redrawn: the step is over when the run is
             drawn = settled = max(ended + [cond_at])
+        replies = [r for r in s["replies"] if r <= drawn]
         return {"seconds": (drawn - t0) / 1000, "settled": (settled - t0) / 1000,
+                "first_reply": (replies[0] - t0) / 1000 if replies else None,
+                "last_reply": (replies[-1] - t0) / 1000 if replies else None,
                 "run_end": (max(ended) - t0) / 1000 if ended else None, "runs": len(s["runs"]),
                 "charts": [c["selector"] for c in s["charts"]],
                 "unchanged": [c["selector"] for c in s["charts"] if not c["n"]], "raw": s}
@@ -411,6 +424,8 @@ class Walk:
 
 def _notes(m: dict) -> str:
     parts = [f"settled {m['settled']:.2f} s"]
+    if m.get("first_reply") is not None:
+        parts.append(f"server replies {m['first_reply']:.2f}-{m['last_reply']:.2f} s")
     if m["run_end"] is not None:
         parts.append(f"run ended {m['run_end']:.2f} s")
     if m["runs"] != 1:

@@ -2,10 +2,12 @@
 
 import time
 
+import numpy as np
 import streamlit as st
 
 from dashboard import explore as ex
 from dashboard.active_run import require_active_run
+from dashboard.cell_scatter import cell_scatter
 from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
 from dashboard.state import get_state
 
@@ -66,15 +68,13 @@ def scatter_panel() -> None:
         except ValueError as err:
             st.warning(str(err), icon=":material/warning:")
             colour = ex.colouring(state, run, source="Cluster")
-        fig = embedding_scatter(coords, colouring=colour, clusters=clusters.array, labels_on_data=on_data,
-                                title=f"{kind} of the latent space",
-                                point_size=point_size, opacity=opacity)
-        event = st.plotly_chart(fig, width="stretch", key="explore_scatter", on_select="rerun",
-                                selection_mode=("lasso", "box"))
-        st.caption(f"{filtered.n_obs:,} cells. Draw a lasso or box (plot toolbar) to select "
-                   f"cells. Above {MAX_POINTS:,} cells a random subsample is drawn. "
-                   f"Drawn in {time.perf_counter() - started:.2f} s.")
-    group_panel(ex.selected_cells(event.selection, filtered.obs_names))
+        rows = cell_scatter(coords, colouring=colour, clusters=clusters.array, labels_on_data=on_data,
+                            title=f"{kind} of the latent space", point_size=point_size, opacity=opacity,
+                            key="explore_scatter")
+        st.caption(f"{filtered.n_obs:,} cells. Select cells with the lasso or a box (buttons on the plot); "
+                   f"the wheel zooms, double-click shows all. Above {MAX_POINTS:,} cells a random "
+                   f"subsample is drawn. Drawn in {time.perf_counter() - started:.2f} s.")
+    group_panel(np.asarray(filtered.obs_names[rows]))
 
 
 def group_panel(selected) -> None:
@@ -168,3 +168,6 @@ if run.batch_key is not None:
             st.dataframe(ex.metrics_table(comparison), hide_index=True, width="stretch",
                          column_config={"uncorrected (PCA)": st.column_config.NumberColumn(format="%.3f"),
                                         "scVI latent": st.column_config.NumberColumn(format="%.3f")})
+
+# Last, once the page is drawn: the one decode of every cell that denoised gene colours need.
+ex.prepare_denoised(state, run)

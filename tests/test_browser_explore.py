@@ -18,16 +18,32 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     train_fixture_in_browser(page, dashboard_url, EPOCHS)
 
     page.get_by_role("link", name="Explore").click()
-    plot = page.locator(".js-plotly-plot").first
+    plot = page.locator(".st-key-explore_scatter .atlas-scatter")
     plot.wait_for(timeout=300_000)
     page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution 1")).wait_for()
+    # The legend names the clusters; the canvas has points on it.
+    assert plot.locator(".atlas-key .atlas-item").count() >= 2
+    assert page.evaluate("""() => {
+        const c = document.querySelector('.st-key-explore_scatter canvas.atlas-points');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let painted = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 0) painted++;
+        return painted;
+    }""") > 1000
 
-    # Choose the lasso tool in the modebar, then draw a closed loop around the plot's centre.
-    plot.hover()
-    plot.locator('.modebar-btn[data-title="Lasso Select"]').click()
-    box = plot.locator(".nsewdrag").first.bounding_box()
+    # Hovering a cell names its cluster.
+    overlay = plot.locator("canvas.atlas-overlay")
+    overlay.scroll_into_view_if_needed()
+    box = overlay.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     rx, ry = box["width"] * 0.3, box["height"] * 0.3
+    tip = plot.locator(".atlas-tip")
+    for dx, dy in ((dx, dy) for dy in range(-150, 151, 30) for dx in range(-150, 151, 10)):
+        page.mouse.move(cx + dx, cy + dy)  # somewhere around the middle there is a cell
+        if tip.is_visible():
+            break
+    assert tip.inner_text().startswith("cluster: ")
+
+    # The lasso is the default tool: draw a closed loop around the plot's centre.
     page.mouse.move(cx - rx, cy - ry)
     page.mouse.down()
     for x, y in ((cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry), (cx - rx, cy - ry + 5)):

@@ -28,7 +28,7 @@ def test_markers_dot_plot_and_suggested_names_reach_the_explore_page(dashboard_u
     assert int(named.split()[1]) >= 2, named
 
     page.get_by_role("link", name="Explore").click()
-    plot = page.locator(".st-key-explore_scatter .js-plotly-plot")
+    plot = page.locator(".st-key-explore_scatter .atlas-scatter")
     plot.wait_for(timeout=120_000)
     page.get_by_text("Drawn in").wait_for(timeout=120_000)
     text = plot.inner_text()

@@ -108,8 +108,11 @@ def _worker_view() -> dict:
 
 
 def test_the_local_cluster_is_quiet_when_idle_and_ready_for_the_first_job(board):
-    """Dask's fine-grained monitors are off (they cost 8-11 % of a core idle), the worker's thread pools
-    get its cores (not Dask's one), the worker has the model imported and the scheduler the job module."""
+    """The local cluster's settings: quiet when idle, the worker's cores for its job, imports done at start.
+
+    Dask's fine-grained monitors are off (they cost 8-11 % of a core idle), the worker's thread pools
+    get its cores (not Dask's one), the worker has the model imported and the scheduler the job module.
+    """
     compute = board.compute()
     (view,) = compute.client.run(_worker_view).values()
     omp = os.environ.get("OMP_NUM_THREADS", str(ONE_WORKER.torch_threads))  # a setting of the server's wins

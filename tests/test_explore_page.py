@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from dashboard import explore as ex
-from dashboard.explore_figures import embedding_scatter
+from dashboard.cell_scatter import selected_rows
 from dashboard.state import AppState
 
 from .conftest import app_with_active_run
@@ -26,9 +27,9 @@ def app(run_cache, kang_small_path):
 
 
 def scatter(at) -> dict:
-    """The embedding figure the page sent (the first Plotly chart), as Plotly JSON."""
-    chart = at.get("plotly_chart")[0]
-    return json.loads(chart.proto.spec)
+    """What the page sent the Explore scatter component (:func:`dashboard.cell_scatter.scatter_data`)."""
+    (element,) = at.get("bidi_component")
+    return json.loads(element.proto.json)
 
 
 def n_clusters(at) -> int:
@@ -36,26 +37,26 @@ def n_clusters(at) -> int:
     return int(header.split(":")[1].split()[0])
 
 
-def decode(array) -> np.ndarray:
-    """A Plotly JSON array (a list, or a base64 typed array) as numpy."""
-    if isinstance(array, dict):
-        import base64
+def decode(text: str, dtype) -> np.ndarray:
+    """One of the payload's base64 arrays as numpy."""
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
 
-        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
-    return np.asarray(array)
+
+def drawn_categories(data: dict) -> np.ndarray:
+    """The category name of each drawn cell."""
+    return np.asarray(data["names"] + ["(no value)"], dtype=object)[decode(data["codes"], np.int16)]
 
 
 def test_page_shows_umap_coloured_by_cluster(app):
     at, state, run = app
-    fig = scatter(at)
+    data = scatter(at)
     labels = ex.cluster_labels(state, run, state.filtered)
-    assert [t["name"] for t in fig["data"]] == list(labels.cat.categories)
-    assert sum(len(decode(t["x"])) for t in fig["data"]) == state.filtered.n_obs
-    assert "UMAP" in fig["layout"]["title"]["text"]
-    # Every cell of a trace belongs to that cluster.
-    first = fig["data"][0]
-    rows = decode(first["customdata"]).astype(int)
-    assert (labels.iloc[rows] == first["name"]).all()
+    assert data["kind"] == "categorical" and data["names"] == list(labels.cat.categories)
+    assert len(decode(data["xy"], np.float32)) == 2 * state.filtered.n_obs
+    assert "UMAP" in data["title"]
+    # Every cell is drawn in its cluster's colour, and its hover names its cluster.
+    assert (drawn_categories(data) == labels.to_numpy().astype(str)).all()
+    assert data["cluster_names"] == list(labels.cat.categories)
 
 
 def test_colour_by_obs_column(app):
@@ -63,12 +64,9 @@ def test_colour_by_obs_column(app):
     at.selectbox(key="explore_source").set_value("Annotation").run()
     at.selectbox(key="explore_annotation").set_value("cell_type").run()
     assert not at.exception, at.exception
-    fig = scatter(at)
-    names = {t["name"] for t in fig["data"]}
-    assert names == set(state.filtered.obs["cell_type"].astype(str))
-    b_cells = next(t for t in fig["data"] if t["name"] == "B cells")
-    rows = decode(b_cells["customdata"]).astype(int)
-    assert (state.filtered.obs["cell_type"].iloc[rows] == "B cells").all()
+    data = scatter(at)
+    assert set(data["names"]) == set(state.filtered.obs["cell_type"].astype(str))
+    assert (drawn_categories(data) == state.filtered.obs["cell_type"].astype(str).to_numpy()).all()
 
 
 def test_colour_by_gene_shows_log_normalised_counts(app):
@@ -76,14 +74,14 @@ def test_colour_by_gene_shows_log_normalised_counts(app):
     at.selectbox(key="explore_source").set_value("Gene").run()
     at.selectbox(key="explore_gene").set_value("CD79A").run()
     assert not at.exception, at.exception
-    (trace,) = scatter(at)["data"]
-    rows = decode(trace["customdata"]).astype(int)
-    colour = decode(trace["marker"]["color"])
+    data = scatter(at)
+    assert data["kind"] == "continuous" and data["label"] == "CD79A (observed)"
+    colour = decode(data["values"], np.float32)
     filtered = state.filtered
     gene = int(np.flatnonzero(filtered.var["display_name"] == "CD79A")[0])
     counts = filtered.layers["counts"]
     expected = np.log1p(counts[:, gene].toarray().ravel() / counts.sum(axis=1).A1 * 1e4)
-    np.testing.assert_allclose(colour, expected[rows], atol=1e-3)
+    np.testing.assert_allclose(colour, expected, atol=1e-3)
     # CD79A is a B-cell marker: far higher in annotated B cells than elsewhere.
     b = (filtered.obs["cell_type"] == "B cells").to_numpy()
     assert expected[b].mean() > 5 * expected[~b].mean()
@@ -95,11 +93,9 @@ def test_colour_by_denoised_gene_is_smooth_and_follows_the_marker(app):
     at.selectbox(key="explore_gene").set_value("CD79A").run()
     at.radio(key="explore_expression").set_value("denoised").run()
     assert not at.exception, at.exception
-    (trace,) = scatter(at)["data"]
-    assert "denoised" in trace["name"]
-    rows = decode(trace["customdata"]).astype(int)
-    values = np.empty(len(rows))
-    values[rows] = decode(trace["marker"]["color"])
+    data = scatter(at)
+    assert data["label"] == "CD79A (denoised)"
+    values = decode(data["values"], np.float32)
     b = (state.filtered.obs["cell_type"] == "B cells").to_numpy()
     assert values[b].mean() > values[~b].mean()
     # The model's estimate has no exact zeros, unlike the observed counts.
@@ -125,7 +121,7 @@ def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
     ex.apply_cluster_edits(state, clusters, {0: {"name": "B cells"}, 1: {"name": "  "}})
     at.run()
     assert state.cluster_names == {clusters[0]: "B cells"}
-    names = [t["name"] for t in scatter(at)["data"]]
+    names = scatter(at)["names"]
     assert names[0] == "B cells" and clusters[0] not in names
     labels = ex.cluster_labels(state, run, state.filtered)
     assert labels.index.equals(state.filtered.obs_names)
@@ -135,11 +131,11 @@ def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
 
 def test_group_from_a_simulated_lasso_selection_is_listed(app):
     at, state, _ = app
-    fig = scatter(at)
-    chosen = decode(fig["data"][0]["customdata"]).astype(int)[:25]
-    selection = {"points": [{"curve_number": 0, "point_index": i, "customdata": int(r)}
-                            for i, r in enumerate(chosen)]}
-    cells = ex.selected_cells(selection, state.filtered.obs_names)
+    data = scatter(at)
+    # what the component sends back after a lasso: the drawn points' indices, on these positions
+    chosen = selected_rows({"rev": data["xy_rev"], "rows": list(range(0, 50, 2))}, data["xy_rev"],
+                           np.arange(state.filtered.n_obs))
+    cells = np.asarray(state.filtered.obs_names[chosen])
     ex.save_group(state, "lasso test", cells)
     at.run()
     table = at.table[0].value
@@ -166,7 +162,7 @@ def test_tsne_is_computed_when_chosen_and_exported(app):
     at, state, run = app
     at.radio(key="explore_embedding").set_value("t-SNE").run()
     assert not at.exception, at.exception
-    assert "t-SNE" in scatter(at)["layout"]["title"]["text"]
+    assert "t-SNE" in scatter(at)["title"]
     # The session remembers the choice, so the export includes the t-SNE.
     assert (run.run_id, state.filtered_key) in state.tsne_requested
     adata = ex.explored_adata(state)
@@ -210,18 +206,6 @@ def test_apply_cluster_edits_sets_and_clears_names():
     assert state.cluster_names == {"1": "NK", "2": "x"}
     ex.apply_cluster_edits(state, ["0", "1", "2"], {2: {"name": ""}, 0: {"name": "0"}})
     assert state.cluster_names == {"1": "NK"}
-
-
-def test_selected_cells_maps_customdata_to_obs_names():
-    obs = pd.Index(["a", "b", "c", "d"])
-    sel = {"points": [{"customdata": 3}, {"customdata": [1]}, {"customdata": 3}]}
-    assert list(ex.selected_cells(sel, obs)) == ["b", "d"]
-    assert len(ex.selected_cells({"points": []}, obs)) == 0
-    # Round trip through a real figure: the selected points' customdata are the cells' rows.
-    fig = embedding_scatter(np.zeros((4, 2)), colouring=ex.Colouring("c", pd.Categorical(list("xyxy"))),
-                            clusters=pd.Categorical(list("0011")), title="t")
-    points = [{"customdata": int(r)} for r in fig.data[1].customdata]
-    assert list(ex.selected_cells({"points": points}, obs)) == ["b", "d"]
 
 
 def test_group_save_rename_delete_combine():
