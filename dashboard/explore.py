@@ -389,9 +389,13 @@ def explored_adata(state: AppState) -> ad.AnnData | None:
     """A copy of ``state.filtered`` with what the Explore page computed for the active run.
 
     ``obsm["X_scVI"]`` (latent mean), ``obsm["X_umap"]``, ``obsm["X_tsne"]`` (when the user computed
-    it), ``obs["leiden"]`` (clusters with the user's names, categorical) and ``uns["leiden"]``
-    (parameters and the names given). None without an active run that matches the data.
+    it), ``obs["leiden"]`` (clusters with the user's names, categorical), ``uns["leiden"]``
+    (parameters and the names given) and one ``obs["group_<name>"]`` column per saved cell group
+    ("in"/"out", see :func:`dashboard.export.group_columns`). None without an active run that
+    matches the data.
     """
+    from dashboard.export import group_columns  # here: the export module is not needed to explore
+
     try:
         run = active_run(state)
     except ValueError:
@@ -407,6 +411,9 @@ def explored_adata(state: AppState) -> ad.AnnData | None:
     adata.obs["leiden"] = cluster_labels(state, run, filtered)
     _, params = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
     adata.uns["leiden"] = {**params, "cluster_names": dict(state.cluster_names)}
+    if state.cell_groups:
+        adata.obs = pd.concat([adata.obs, group_columns(state.cell_groups, adata.obs_names,
+                                                        taken=adata.obs.columns)], axis=1)
     return adata
 
 

@@ -2,7 +2,9 @@
 
 - :func:`export_anndata` / :func:`h5ad_bytes`: the annotated dataset, readable by scanpy and
   cellxgene. cellxgene displays ``X``, so ``X`` holds log1p(counts per 10,000) and the raw counts
-  stay in ``layers["counts"]``.
+  stay in ``layers["counts"]``. Gene symbols name the genes (ids in ``var["gene_ids"]``, as
+  scanpy's ``read_10x_*``), saved cell groups are ``obs`` columns (:func:`group_columns`), and the
+  DE and marker results are in ``uns`` with their parameters (:func:`uns_result`).
 - :func:`de_csv_bytes`: a DE table with ``# key: value`` provenance lines (``engine.analysis.de.write_de_csv``).
 - :func:`figure_image` (PNG/SVG through kaleido and the local Chromium) and :func:`figure_html`
   (self-contained: plotly.js embedded, works offline).
@@ -13,9 +15,10 @@
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -29,10 +32,14 @@ import scipy.sparse as sp
 
 from engine.analysis import de as ede
 from engine.preprocessing.normalize import TARGET_SUM, log_normalized
+from engine.reading.genes import make_unique
 from engine.runs.fit import write_to_adata
 
 ImageFormat = Literal["png", "svg"]
 GeneSet = Literal["run", "all"]
+GeneNames = Literal["symbols", "ids"]
+# The values of a cell group's obs column (categories in this order).
+IN_GROUP, OUT_OF_GROUP = "in", "out"
 # Normalised total per cell of X in the export (scanpy's normalize_total target_sum).
 # Static image sizes in CSS pixels at 100 px per inch (journal column widths: 89 and 183 mm);
 # PNG is rendered at PNG_SCALE, i.e. 300 dpi at these sizes.
@@ -53,6 +60,10 @@ def export_anndata(
     embeddings: dict[str, np.ndarray] | None = None,
     leiden: dict[str, Any] | None = None,
     genes: GeneSet = "run",
+    gene_names: GeneNames = "symbols",
+    cell_groups: Mapping[str, Sequence[str]] | None = None,
+    de: tuple[pd.DataFrame, Mapping[str, Any]] | None = None,
+    markers: tuple[pd.DataFrame, Mapping[str, Any]] | None = None,
 ) -> ad.AnnData:
     """The filtered cells with everything the dashboard learned about them, scanpy conventions.
 
@@ -72,9 +83,25 @@ def export_anndata(
     genes
         ``"run"``: only the genes the model was trained on (what ``python -m engine de`` expects);
         ``"all"``: every gene after QC, with ``var["used_by_run"]`` flagging the run's.
+    gene_names
+        ``"symbols"`` (scanpy's ``read_10x_*`` convention): ``var_names`` are the gene symbols of
+        ``var["display_name"]``, made unique the anndata way (``X``, ``X-1``, ``X-2``), and the ids
+        the data came with are kept in ``var["gene_ids"]``. ``"ids"``: ``var_names`` stay the ids
+        (symbols in ``var["display_name"]``). Without symbols (no ``display_name``, or the same as
+        the ids) the names stay as they are and no ``gene_ids`` column is added.
+        ``python -m engine de``/``markers`` read either (the run's genes are matched by id).
+    cell_groups
+        Saved groups, name -> obs_names of its cells: one ``obs`` column each
+        (:func:`group_columns`), and ``uns["atlas_groups"]`` (a table: name, column, cells).
+    de, markers
+        ``(table, params)`` of the session's DE comparison and marker search: written to
+        ``uns["atlas_de"]`` and ``uns["atlas_markers"]`` (:func:`uns_result`).
     """
     if genes not in get_args(GeneSet):
         raise ValueError(f"genes must be one of {', '.join(map(repr, get_args(GeneSet)))}, got {genes!r}")
+    if gene_names not in get_args(GeneNames):
+        raise ValueError(f"gene_names must be one of {', '.join(map(repr, get_args(GeneNames)))}, "
+                         f"got {gene_names!r}")
     if filtered.n_obs != run.latent.shape[0]:
         raise ValueError(
             f"the run has a latent for {run.latent.shape[0]} cells but the data has {filtered.n_obs}: "
@@ -88,6 +115,8 @@ def export_anndata(
     var = filtered.var.loc[keep].copy()
     if genes == "all":
         var["used_by_run"] = var.index.isin(run_genes)
+    if gene_names == "symbols":
+        var = _symbols_as_var_names(var)
     out = ad.AnnData(
         X=log_normalized(counts, library=np.asarray(filtered.layers["counts"].sum(axis=1)).ravel()).astype(np.float32),
         obs=filtered.obs.copy(),
@@ -106,9 +135,91 @@ def export_anndata(
         out.obs["leiden"] = pd.Categorical(labels, categories=sorted(set(labels), key=_natural))
     if leiden is not None:
         out.uns["leiden"] = leiden
+    if cell_groups:
+        columns = group_columns(cell_groups, out.obs_names, taken=out.obs.columns)
+        out.obs = pd.concat([out.obs, columns], axis=1)
+        out.uns["atlas_groups"] = pd.DataFrame({
+            "name": list(cell_groups),
+            "obs_column": list(columns.columns),
+            "n_cells": [int((columns[c] == IN_GROUP).sum()) for c in columns.columns],
+        })
+    for key, result in (("atlas_de", de), ("atlas_markers", markers)):
+        if result is not None:
+            out.uns[key] = uns_result(*result)
     out.uns["log1p"] = {}  # scanpy: X is log1p-transformed (no "base": natural log)
     _make_cellxgene_safe(out)
     return out
+
+
+def group_columns(cell_groups: Mapping[str, Sequence[str]], obs_names: pd.Index, *,
+                  taken: Sequence[str] = ()) -> pd.DataFrame:
+    """One ``obs`` column per saved cell group: categorical ``"in"``/``"out"``, indexed by ``obs_names``.
+
+    One column per group, not one column for all, because groups may overlap (a lasso inside
+    another). The column is named ``group_<name>`` with every run of characters other than letters,
+    digits and ``_`` turned into ``_`` ("my T cells" -> ``group_my_T_cells``): a name that works in
+    ``sc.pl.umap(adata, color="group_my_T_cells")``, as an R column after conversion, and as an
+    h5ad key (no ``/``). Names that would clash (with ``taken`` or each other) get ``_2``, ``_3``.
+    Values are a categorical (``"in"`` first) rather than booleans so scanpy and cellxgene colour
+    them as two categories. Cells of a group that are not in ``obs_names`` (filtered out since it
+    was drawn) are left out.
+    """
+    used = {str(c) for c in taken}
+    columns: dict[str, pd.Categorical] = {}
+    for name, cells in cell_groups.items():
+        stem = "group_" + (re.sub(r"\W+", "_", str(name)).strip("_") or "unnamed")
+        column, n = stem, 1
+        while column in used:
+            n += 1
+            column = f"{stem}_{n}"
+        used.add(column)
+        inside = obs_names.isin(np.asarray(cells, dtype=str))
+        columns[column] = pd.Categorical(np.where(inside, IN_GROUP, OUT_OF_GROUP),
+                                         categories=[IN_GROUP, OUT_OF_GROUP])
+    return pd.DataFrame(columns, index=obs_names)
+
+
+def uns_result(table: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A DE or marker result as ``write_h5ad`` stores it: ``{"params": {...}, "table": DataFrame}``.
+
+    Parameters that h5ad cannot hold are made storable: None is left out, a mapping with a key
+    h5ad refuses (a group name holding ``/``) becomes a ``key``/``value`` table, sequences become
+    arrays of text, other objects text.
+    Columns of the table that hold text become strings (h5ad refuses mixed objects).
+    """
+    table = table.copy()
+    for name in table.columns:
+        if table[name].dtype == object:
+            table[name] = table[name].astype(str)
+    return {"params": {str(k): _storable(v) for k, v in params.items() if v is not None}, "table": table}
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_, pd.DataFrame)):
+        return value
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and "/" not in k for k in value):
+            return {k: _storable(v) for k, v in value.items() if v is not None}
+        values = pd.Series(list(value.values()))
+        return pd.DataFrame({"key": [str(k) for k in value],
+                             "value": values.astype(str) if values.dtype == object else values})
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return np.asarray([str(v) for v in value], dtype=object)
+    return str(value)
+
+
+def _symbols_as_var_names(var: pd.DataFrame) -> pd.DataFrame:
+    """``var`` named by its unique display names, the ids kept in ``var["gene_ids"]`` (scanpy's 10x layout)."""
+    if "display_name" not in var.columns:
+        return var
+    symbols, _, _ = make_unique(var["display_name"].astype(str))
+    ids = pd.Index(var.index.astype(str))
+    if (symbols == ids).all():
+        return var
+    var = var.copy()
+    var["gene_ids"] = ids.to_numpy(dtype=object)
+    var.index = pd.Index(symbols.to_numpy(dtype=object))
+    return var
 
 
 def h5ad_bytes(adata: ad.AnnData) -> bytes:

@@ -16,12 +16,13 @@ import streamlit as st
 
 from dashboard import de as dede
 from dashboard import explore
+from dashboard.long_jobs import markers_job, run_long
 from dashboard.marker_figures import GroupExpression, group_expression
 from dashboard.progress import progress_bar
 from dashboard.state import AppState
-from dashboard.training import load_run
+from dashboard.training import cache_dir
 from engine.analysis.annotation import suggest_names
-from engine.analysis.markers import MarkerResult, find_markers
+from engine.analysis.markers import MarkerResult
 
 _SESSION_KEY = "markers_session"
 _GROUP = "group"  # the obs column the groups are written to for find_markers
@@ -51,8 +52,7 @@ def _markers(run_id: str, key: str, labels: np.ndarray, _adata: ad.AnnData) -> M
     adata.obs[_GROUP] = pd.Categorical(labels, categories=_ordered(labels))
     groups = adata.obs[_GROUP].cat.categories
     with progress_bar(f"Markers of {len(groups)} groups, each against all other cells") as show:
-        return find_markers(load_run(run_id), adata, groupby=_GROUP,
-                            on_progress=lambda done: show(done, "scVI DE and a Wilcoxon test per group"))
+        return run_long(markers_job, str(cache_dir()), run_id, adata, groupby=_GROUP, show=show)
 
 
 def _ordered(labels: np.ndarray) -> list[str]:
@@ -114,12 +114,33 @@ def expression_by_group(state: AppState, run, request: MarkersRequest, genes: li
     return group_expression(counts, labels, positions, genes, groups)
 
 
+RULE = "up in the group (lfc_mean > 0), expressed in >= 10% of its cells, ranked by P(DE) then LFC"
+
+
 def csv_bytes(result: MarkerResult, *, run_id: str, groupby: str, dataset: str) -> bytes:
     """Every marker of every group as CSV, with ``# key: value`` provenance lines first."""
-    header = {"run_id": run_id, "dataset": dataset, "groups": groupby, "rule": (
-        "up in the group (lfc_mean > 0), expressed in >= 10% of its cells, ranked by P(DE) then LFC")}
+    header = {"run_id": run_id, "dataset": dataset, "groups": groupby, "rule": RULE}
     lines = [f"# {k}: {v}" for k, v in header.items()]
     return ("\n".join(lines) + "\n" + result.table.to_csv(index=False)).encode()
+
+
+def provenance(result: MarkerResult, *, run_id: str, groupby: str, dataset: str) -> dict[str, object]:
+    """How a marker table was made, for the export: run, grouping, groups and their cells, thresholds."""
+    return {
+        "run_id": run_id,
+        "dataset": dataset,
+        "groupby": groupby,
+        "rule": RULE,
+        "mode": "change",
+        "groups": list(result.groups),
+        # one row per group considered: its cells, and why it was left out (empty if analysed)
+        "n_cells": pd.DataFrame({"group": list(result.n_cells), "n_cells": list(result.n_cells.values()),
+                                 "skipped": [result.skipped.get(g, "") for g in result.n_cells]}),
+        "top": result.top,
+        "delta": result.delta,
+        "fdr": result.fdr,
+        "seed": result.seed,
+    }
 
 
 def suggestions(result: MarkerResult, reference: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,11 @@ st.caption("Take your results elsewhere: the annotated cells for scanpy, cellxge
 
 run = require_active_run(state)
 stem = f"atlas_{run.run_id[:10]}"
+last = dede.last_result(state, run)  # the session's DE comparison, if any (cached)
+session = dede.de_session()
+marker_request = dmark.last_request()
+if marker_request is not None and marker_request.run_id != run.run_id:
+    marker_request = None
 
 # ---- The annotated dataset ------------------------------------------------------------------------
 with st.container(border=True):
@@ -33,37 +38,60 @@ with st.container(border=True):
         st.markdown(
             "`X`: log1p(counts per 10,000), what cellxgene displays · `layers['counts']`: raw counts · "
             "`obsm['X_scVI']`: latent · `obsm['X_umap']`, `obsm['X_tsne']` (if computed) · "
-            "`obs['leiden']`: clusters with your names · `uns['atlas_run']`: run id, parameters, metrics.")
+            "`obs['leiden']`: clusters with your names · `obs['group_<name>']`: each saved cell "
+            "group, 'in'/'out' (`uns['atlas_groups']` maps names to columns) · `var['gene_ids']`: "
+            "the ids when genes are named by symbol · `uns['atlas_de']`, `uns['atlas_markers']`: "
+            "the DE comparison and the markers, each a `table` with its `params` · "
+            "`uns['atlas_run']`: run id, parameters, metrics.")
     genes = st.radio("Genes", ["run", "all"], horizontal=True, key="export_genes",
                      format_func={"run": f"the {len(run.var_names):,} genes the model was trained on "
                                          "(the file can be reopened for DE from the command line)",
                                   "all": f"all {state.filtered.n_vars:,} genes that passed QC"}.get)
+    gene_names = st.radio("Gene names", ["symbols", "ids"], horizontal=True, key="export_gene_names",
+                          format_func={"symbols": "symbols (scanpy-style; ids in var['gene_ids'])",
+                                       "ids": "Ensembl ids (symbols in var['display_name'])"}.get)
+    # What the file holds besides the run: a prepared file is offered only while these are unchanged.
+    contents = (run.run_id, genes, gene_names,
+                tuple((name, len(cells)) for name, cells in state.cell_groups.items()),
+                (last[0], session.delta, session.fdr) if last is not None else None, marker_request,
+                state.leiden_resolution, dict(state.cluster_names))
     if st.button("Prepare the .h5ad", key="export_prepare_h5ad"):
         with progress_bar("Preparing the .h5ad") as show:
             show(0.0, "UMAP and clusters (if not computed yet)")
             explored = explore.explored_adata(state)
             embeddings = {k: explored.obsm[k] for k in ("X_umap", "X_tsne") if k in explored.obsm}
             show(0.4, "assembling cells, genes and annotations")
+            de = markers = None
+            if last is not None:
+                request, result = last
+                de = (result.table(delta=session.delta, fdr=session.fdr),
+                      dede.provenance(request, result, delta=session.delta, fdr=session.fdr,
+                                      dataset=state.dataset.name))
+            if marker_request is not None:
+                found = dmark.markers(state, run, marker_request)
+                markers = (found.table, dmark.provenance(found, run_id=run.run_id, groupby=marker_request.groupby,
+                                                         dataset=state.dataset.name))
             adata = dexport.export_anndata(state.filtered, run, clusters=explored.obs["leiden"],
                                            embeddings=embeddings, leiden=explored.uns["leiden"],
-                                           genes=genes)
+                                           genes=genes, gene_names=gene_names, cell_groups=state.cell_groups,
+                                           de=de, markers=markers)
             show(0.6, "writing the compressed file")
-            st.session_state["export_h5ad"] = (run.run_id, genes, dexport.h5ad_bytes(adata))
+            st.session_state["export_h5ad"] = (contents, dexport.h5ad_bytes(adata))
     prepared = st.session_state.get("export_h5ad")
-    if prepared is not None and prepared[:2] == (run.run_id, genes):
-        st.download_button("Download .h5ad", prepared[2], file_name=f"{stem}.h5ad",
+    if prepared is not None and prepared[0] == contents:
+        st.download_button("Download .h5ad", prepared[1], file_name=f"{stem}.h5ad",
                            mime="application/x-hdf5", key="export_h5ad_download", type="primary",
                            on_click="ignore")
+    elif prepared is not None:
+        st.caption("The groups, comparisons or choices changed since the file was prepared: prepare it again.")
 
 # ---- Differential expression ----------------------------------------------------------------------
 with st.container(border=True):
     st.subheader("Differential expression")
-    last = dede.last_result(state, run)
     if last is None:
         st.info("Run a comparison on the Differential expression page first.")
     else:
         request, result = last
-        session = dede.de_session()
         table = result.table(delta=session.delta, fdr=session.fdr)
         st.write(f"{request.comparison.describe()}: {int(table['is_de_fdr'].sum()):,} of "
                  f"{len(table):,} genes DE (delta {session.delta:g}, FDR {session.fdr:g}).")
@@ -95,8 +123,7 @@ with st.container(border=True):
             figures[f"violins of {gene}"] = gene_violins(
                 {names[0]: values[mask1], names[1]: values[mask2]}, gene=gene)
         figures["scVI vs Wilcoxon ranks"] = concordance_scatter(table, dede.wilcoxon(state, mask1, mask2, run))
-    marker_request = dmark.last_request()
-    if marker_request is not None and marker_request.run_id == run.run_id:
+    if marker_request is not None:
         marker_result = dmark.markers(state, run, marker_request)
         stats = dmark.expression_by_group(state, run, marker_request, dmark.plot_genes(marker_result, 3))
         figures["marker dot plot"] = dotplot(stats, title=f"Markers of {marker_request.groupby}",

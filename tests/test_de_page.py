@@ -106,8 +106,16 @@ def test_a_group_under_three_cells_is_refused(de_app, counted):
     assert not at.exception, at.exception
 
 
+def _prepared_h5ad(at, tmp_path):
+    import anndata as ad
+
+    path = tmp_path / "prepared.h5ad"
+    path.write_bytes(at.session_state["export_h5ad"][1])
+    return ad.read_h5ad(path)
+
+
 @pytest.mark.slow
-def test_export_page_offers_every_download(de_app, counted):
+def test_export_page_offers_every_download(de_app, counted, tmp_path):
     at, state, run = de_app
     at.switch_page("../pages/export.py").run()
     assert not at.exception, at.exception
@@ -115,6 +123,23 @@ def test_export_page_offers_every_download(de_app, counted):
     assert not at.exception, at.exception
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download .h5ad" in labels
+    # The file holds the saved group, gene symbols (ids kept) and the session's DE with its parameters.
+    exported = _prepared_h5ad(at, tmp_path)
+    assert list(exported.obs_names[exported.obs["group_tiny"] == "in"]) == list(state.cell_groups["tiny"])
+    symbols = state.filtered.var.loc[run.var_names, "display_name"].astype(str)
+    assert list(exported.var_names) == list(symbols) and list(exported.var["gene_ids"]) == list(run.var_names)
+    de = exported.uns["atlas_de"]
+    session = at.session_state["de_session"]
+    assert (de["params"]["run_id"], de["params"]["group1"], de["params"]["group2"]) == (
+        run.run_id, "B cells", "CD14+ Monocytes")
+    assert (de["params"]["delta"], de["params"]["fdr"]) == (session.delta, session.fdr) == (2.0, 0.01)
+    assert len(de["table"]) == len(run.var_names) and "CD79A" in set(de["table"]["gene"])
+    # Ensembl ids instead: the prepared file no longer matches, so it is prepared again.
+    _widget(at.radio, "Gene names").set_value("ids").run()
+    assert "Download .h5ad" not in [b.proto.label for b in at.get("download_button")]
+    _widget(at.button, "Prepare the .h5ad").click().run()
+    exported = _prepared_h5ad(at, tmp_path)
+    assert list(exported.var_names) == list(run.var_names) and "gene_ids" not in exported.var
     assert "Download the model bundle" in labels
     assert "Download the DE table (.csv)" in labels
     figures = _widget(at.selectbox, "Figure").options

@@ -165,7 +165,10 @@ def test_tsne_is_computed_when_chosen_and_exported(app):
     assert "t-SNE" in scatter(at)["title"]
     # The session remembers the choice, so the export includes the t-SNE.
     assert (run.run_id, state.filtered_key) in state.tsne_requested
+    ex.save_group(state, "first ten", state.filtered.obs_names[:10].to_numpy())
     adata = ex.explored_adata(state)
+    ex.delete_group(state, "first ten")
+    assert list(adata.obs_names[adata.obs["group_first_ten"] == "in"]) == list(state.filtered.obs_names[:10])
     assert adata.obsm["X_tsne"].shape == (state.filtered.n_obs, 2)
     assert adata.obsm["X_umap"].shape == (state.filtered.n_obs, 2)
     np.testing.assert_allclose(adata.obsm["X_scVI"], run.latent, rtol=1e-6)

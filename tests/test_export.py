@@ -50,7 +50,9 @@ def test_exported_h5ad_reopens_with_every_key(trained, tmp_path):
                                       leiden={"params": {"resolution": 1.0}})
     back = _reopen(dexport.h5ad_bytes(exported), tmp_path)
 
-    assert list(back.var_names) == list(run.var_names)
+    # Genes named by symbol (the default), the ids the run was trained on kept in var["gene_ids"].
+    assert list(back.var_names) == list(adata.var.loc[run.var_names, "gene_symbol"])
+    assert list(back.var["gene_ids"]) == list(run.var_names)
     assert list(back.obs_names) == list(adata.obs_names)
     counts = adata[:, run.var_names].layers["counts"]
     assert (sp.csr_matrix(back.layers["counts"]) != sp.csr_matrix(counts)).nnz == 0
@@ -72,6 +74,135 @@ def test_exported_h5ad_reopens_with_every_key(trained, tmp_path):
     assert not any(pd.api.types.is_object_dtype(dtype) for dtype in back.obs.dtypes)
     assert set(back.obs["note"].cat.categories) == {"even", "nan"}
     assert back.var["display_name"].iloc[0] == adata.var["gene_symbol"].iloc[0]
+
+
+def test_saved_groups_become_in_out_columns_that_scanpy_colours(trained, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata, run = trained
+    names = adata.obs_names
+    b_cells = names[(adata.obs["cell_type"] == "B cells").to_numpy()]
+    groups = {
+        "my T cells": np.asarray(list(names[:10]) + ["a cell filtered out since"], dtype=object),
+        "my T-cells": names[5:25].to_numpy(dtype=object),  # same column name once sanitised
+        "B/plasma": b_cells.to_numpy(dtype=object),  # "/" is not allowed in an h5ad key
+        "note": names[:3].to_numpy(dtype=object),  # not the existing obs["note"]
+    }
+    exported = dexport.export_anndata(adata, run, cell_groups=groups,
+                                      embeddings={"X_umap": np.zeros((adata.n_obs, 2))})
+    back = _reopen(dexport.h5ad_bytes(exported), tmp_path)
+
+    columns = ["group_my_T_cells", "group_my_T_cells_2", "group_B_plasma", "group_note"]
+    assert [c for c in back.obs.columns if c.startswith("group_")] == columns
+    for column in columns:
+        assert list(back.obs[column].cat.categories) == ["in", "out"], column
+    assert list(back.obs_names[back.obs["group_my_T_cells"] == "in"]) == list(names[:10])
+    assert list(back.obs_names[back.obs["group_my_T_cells_2"] == "in"]) == list(names[5:25])
+    assert list(back.obs_names[back.obs["group_B_plasma"] == "in"]) == list(b_cells)
+    assert int((back.obs["group_B_plasma"] == "in").sum()) == 150
+    assert list(back.obs_names[back.obs["group_note"] == "in"]) == list(names[:3])
+    assert set(back.obs["note"].cat.categories) == {"even", "nan"}  # the annotation is untouched
+    table = back.uns["atlas_groups"]
+    assert list(table["name"]) == list(groups) and list(table["obs_column"]) == columns
+    assert list(table["n_cells"]) == [10, 20, 150, 3]
+    sc.pl.umap(back, color="group_B_plasma", show=False)  # what a scanpy user does with it
+    matplotlib.pyplot.close("all")
+
+
+def test_symbols_are_made_unique_and_ids_can_be_kept(trained, tmp_path):
+    adata, run = trained
+    adata = adata.copy()
+    symbols = adata.var["display_name"].to_numpy(dtype=object)
+    symbols[:3] = "DUP"  # three genes sharing a symbol (as in real annotations)
+    adata.var["display_name"] = symbols
+    exported = dexport.export_anndata(adata, run)
+    assert list(exported.var_names[:4]) == ["DUP", "DUP-1", "DUP-2", str(symbols[3])]
+    assert exported.var_names.is_unique
+    assert list(exported.var["gene_ids"]) == list(run.var_names)
+
+    kept = dexport.export_anndata(adata, run, gene_names="ids")
+    assert list(kept.var_names) == list(run.var_names)
+    assert "gene_ids" not in kept.var.columns
+    assert list(kept.var["display_name"][:3]) == ["DUP"] * 3
+    with pytest.raises(ValueError, match="gene_names must be one of 'symbols', 'ids'"):
+        dexport.export_anndata(adata, run, gene_names="ensembl")
+
+    # Data without symbols keeps its names and gains no gene_ids column.
+    plain = adata.copy()
+    del plain.var["display_name"]
+    assert list(dexport.export_anndata(plain, run).var_names) == list(run.var_names)
+    assert "gene_ids" not in dexport.export_anndata(plain, run).var.columns
+
+
+def test_cli_reads_an_export_named_by_symbol_with_the_runs_ids(trained, tmp_path):
+    from engine.cli.trained_input import read_trained
+
+    adata, run = trained
+    path = tmp_path / "symbols.h5ad"
+    path.write_bytes(dexport.h5ad_bytes(dexport.export_anndata(adata, run)))
+    back, loaded = read_trained(path, run.path.parent)
+    assert loaded.run_id == run.run_id
+    assert list(back.var_names) == list(run.var_names)
+    assert list(back.var["display_name"]) == list(adata.var.loc[run.var_names, "gene_symbol"])
+
+
+def test_de_and_markers_go_to_uns_with_their_parameters(trained, tmp_path):
+    from dashboard import de as dede
+    from dashboard import markers as dmark
+    from engine.analysis.de import differential_expression
+    from engine.analysis.markers import find_markers
+
+    adata, run = trained
+    cells = adata[:, run.var_names].copy()
+    b_cells = (cells.obs["cell_type"] == "B cells").to_numpy()
+    monocytes = (cells.obs["cell_type"] == "CD14+ Monocytes").to_numpy()
+    result = differential_expression(run, cells, group1=b_cells, group2=monocytes, n_samples=500,
+                                     max_cells_per_group=100)
+    request = dede.DERequest(run.run_id, dede.Comparison("cell_type", "B cells", "CD14+ Monocytes"))
+    de_table = result.table(delta=0.5, fdr=0.1)
+    de_params = dede.provenance(request, result, delta=0.5, fdr=0.1, dataset="kang_small")
+    found = find_markers(run, cells, groupby="cell_type", groups=["B cells", "NK cells"], n_samples=500,
+                         max_cells_per_group=100, top=5)
+    marker_params = dmark.provenance(found, run_id=run.run_id, groupby="cell_type", dataset="kang_small")
+    exported = dexport.export_anndata(adata, run, de=(de_table, de_params),
+                                      markers=(found.table, marker_params))
+    back = _reopen(dexport.h5ad_bytes(exported), tmp_path)
+
+    de = back.uns["atlas_de"]
+    pd.testing.assert_frame_equal(de["table"], de_table, check_dtype=False)
+    assert de["table"].index.name == "var_name" and de["table"]["is_de_fdr"].dtype == bool
+    assert de["params"]["run_id"] == run.run_id
+    assert (de["params"]["group1"], de["params"]["group2"]) == ("B cells", "CD14+ Monocytes")
+    assert de["params"]["comparison"] == "cell_type: B cells vs CD14+ Monocytes"
+    assert (de["params"]["mode"], de["params"]["delta"], de["params"]["fdr"]) == ("change", 0.5, 0.1)
+    assert (de["params"]["n_cells_1"], de["params"]["n_cells_2"]) == (150, 150)
+    assert de["params"]["n_sampled_1"] == 100
+
+    markers = back.uns["atlas_markers"]
+    pd.testing.assert_frame_equal(markers["table"].reset_index(drop=True), found.table, check_dtype=False)
+    assert set(markers["table"]["group"]) == {"B cells", "NK cells"}
+    params = markers["params"]
+    assert (params["run_id"], params["groupby"], params["top"]) == (run.run_id, "cell_type", 5)
+    assert (params["delta"], params["fdr"], params["mode"]) == (0.25, 0.05, "change")
+    assert list(params["groups"]) == ["B cells", "NK cells"]
+    counts = params["n_cells"].set_index("group")["n_cells"]
+    assert counts["B cells"] == 150 and counts["NK cells"] == 150
+
+
+def test_uns_result_makes_parameters_storable(tmp_path):
+    table = pd.DataFrame({"gene": ["A", None], "score": [1.0, 2.0]}, index=pd.Index(["g1", "g2"], name="var_name"))
+    stored = dexport.uns_result(table, {"run_id": "abc", "unused": None, "n_cells": {"B/plasma": 3, "T": 4},
+                                        "thresholds": {"delta": 0.25}, "groups": ("B/plasma", "T")})
+    adata = ad.AnnData(obs=pd.DataFrame(index=["c1"]))
+    adata.uns["result"] = stored
+    adata.write_h5ad(tmp_path / "r.h5ad")
+    back = ad.read_h5ad(tmp_path / "r.h5ad").uns["result"]
+    assert "unused" not in back["params"] and back["params"]["thresholds"] == {"delta": 0.25}
+    assert dict(zip(back["params"]["n_cells"]["key"], back["params"]["n_cells"]["value"], strict=True)) == {
+        "B/plasma": 3, "T": 4}
+    assert list(back["params"]["groups"]) == ["B/plasma", "T"]
+    assert list(back["table"]["gene"]) == ["A", "None"] and list(back["table"].index) == ["g1", "g2"]
 
 
 def test_export_of_all_genes_flags_the_runs(trained):

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 def read_trained(path: Path, cache_dir: Path) -> tuple[ad.AnnData, Run]:
     """The AnnData at ``path`` and the run its ``uns['atlas_run']['run_id']`` names in ``cache_dir``.
 
+    A file whose genes are named by symbol with the run's ids in ``var["gene_ids"]`` (the
+    dashboard's export) is named by id again, so the run finds its genes.
+
     Raises ValueError, saying how to train it, when the file, its run id or the run is missing.
     """
     import anndata as ad
@@ -31,4 +34,21 @@ def read_trained(path: Path, cache_dir: Path) -> tuple[ad.AnnData, Run]:
     trained = load_run(cache_dir, str(run_id))
     if trained is None:
         raise ValueError(f"run {run_id} not found in {cache_dir}: {train_first}")
+    _ids_as_var_names(adata, trained.var_names)
     return adata, trained
+
+
+def _ids_as_var_names(adata: ad.AnnData, run_genes: list[str]) -> None:
+    """Name genes by ``var["gene_ids"]`` again when the file names them by symbol and the run by id.
+
+    The dashboard's export names genes by symbol, scanpy-style, and keeps the ids the run was
+    trained on in ``var["gene_ids"]``; the symbols stay readable in ``var["display_name"]``.
+    """
+    if "gene_ids" not in adata.var.columns or set(run_genes) <= set(adata.var_names):
+        return
+    ids = adata.var["gene_ids"].astype(str)
+    if not set(run_genes) <= set(ids):
+        return
+    if "display_name" not in adata.var.columns:
+        adata.var["display_name"] = adata.var_names.astype(str).to_numpy(dtype=object)
+    adata.var_names = ids.to_numpy(dtype=object)
