@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,20 +134,69 @@ def submit(state: AppState, form: TrainForm, board: JobBoard, *, device: str = "
     t0 = time.perf_counter()
     if ecache.has_run(cache_dir(), rid):
         try:
-            load_run(rid)
+            run = load_run(rid)
         except ecache.CorruptRunError:
             pass  # damaged on disk: train it again below (fit replaces the folder)
         else:
             state.active_run_id = rid
             state.training_message = (
-                "success", f"Loaded from cache in {time.perf_counter() - t0:.2f} s (run {rid[:10]}). "
-                f"It is now the active run. {notes}".strip())
+                "success", f"{loaded_run_message(rid, run.metrics, load_seconds=time.perf_counter() - t0)} "
+                f"{notes}".strip())
             return
     board.start(data, params=params, batch_key=check.batch_key, dataset_name=state.dataset.name, device=device)
     state.watched_job = rid
     st.query_params["run"] = rid
     if notes:
         state.training_message = ("warning", notes)
+
+
+def make_active(state: AppState, info: ecache.RunInfo) -> None:
+    """Make a run of the history table the active run, saying when it was trained (not as if just now)."""
+    state.active_run_id = info.run_id
+    state.training_message = ("success", loaded_run_message(info.run_id, info.metrics))
+
+
+def loaded_run_message(rid: str, metrics: Mapping, *, load_seconds: float | None = None) -> str:
+    """What the page says about a run taken from the cache: when it was trained and how long it took.
+
+    E.g. "Loaded run trained on 2 Dec 2026 at 14:05 UTC, 40 epochs in 47 s (run 3f2a9c1d0e, read
+    from the cache in 0.02 s). It is now the active run." A run trained in this session says
+    "Trained N epochs in S s" instead (:func:`finish_job`). ``metrics`` are the run's
+    (``created``, ``n_epochs_trained``, ``train_seconds``); missing ones are left out.
+    """
+    when = _trained_on(metrics.get("created"))
+    epochs, seconds = metrics.get("n_epochs_trained"), metrics.get("train_seconds")
+    took = ""
+    if epochs is not None:
+        took = f"{int(epochs)} epoch{'s' if int(epochs) != 1 else ''}"
+    if seconds is not None:
+        took = f"{took} in {duration_text(float(seconds))}".strip()
+    what = ", ".join(part for part in (f"Loaded run trained {when}" if when else "Loaded a cached run", took) if part)
+    source = f"run {rid[:10]}"
+    if load_seconds is not None:
+        source += f", read from the cache in {load_seconds:.2f} s"
+    return f"{what} ({source}). It is now the active run."
+
+
+def _trained_on(created: str | None) -> str:
+    """When a run was trained, from its ISO creation time: "on 2 Dec 2026 at 14:05 UTC" ("" if unknown)."""
+    try:
+        when = dt.datetime.fromisoformat(str(created))
+    except ValueError:
+        return ""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc)
+    return f"on {when.day} {when:%b %Y} at {when:%H:%M} UTC"
+
+
+def duration_text(seconds: float) -> str:
+    """A training time as people say it: "47 s", "45 min", "2 h 5 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def finish_job(state: AppState, job: TrainingJob) -> None:

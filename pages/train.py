@@ -128,7 +128,7 @@ with st.container(border=True):
         b1, b2, _ = st.columns([1, 1, 4])
         if b1.button("Make active", disabled=chosen is None,
                      help="Explore and Differential expression use the active run."):
-            state.active_run_id = chosen.run_id
+            training.make_active(state, chosen)
             st.rerun()
         if b2.button("Delete", disabled=chosen is None):
             training.delete_run(state, chosen.run_id)

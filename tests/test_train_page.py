@@ -63,10 +63,47 @@ def test_train_in_background_then_load_from_cache(run_cache, kang_small_path):
     assert "It is now the active run" in messages(at)
     assert any(df.value["run"].iloc[0] == job.run_id[:10] for df in at.dataframe)
 
-    # the same settings again: loaded from the cache, no new job
+    assert re.search(r"Trained 3 epochs in \d+ s", messages(at))  # trained now, in this session
+
+    # the same settings again: loaded from the cache, no new job, said to be trained earlier
     press_train(at)
     text = messages(at)
-    assert re.search(r"Loaded from cache in \d+(\.\d+)? s", text), text
+    created = training.load_run(job.run_id).metrics["created"]  # e.g. 2026-12-02T14:05:33+00:00
+    day = f"{int(created[8:10])} {time.strftime('%b', time.strptime(created[5:7], '%m'))} {created[:4]}"
+    assert re.search(rf"Loaded run trained on {day} at {created[11:16]} UTC, 3 epochs in \d+ s "
+                     rf"\(run {job.run_id[:10]}, read from the cache in \d+\.\d\d s\)\. "
+                     "It is now the active run.", text), text
+    assert "Trained 3 epochs" not in text
+
+
+def test_a_loaded_run_says_when_it_was_trained_and_how_long_it_took():
+    metrics = {"created": "2026-12-02T14:05:33+00:00", "n_epochs_trained": 40, "train_seconds": 47.4}
+    assert training.loaded_run_message("3f2a9c1d0e77aa", metrics, load_seconds=0.0213) == (
+        "Loaded run trained on 2 Dec 2026 at 14:05 UTC, 40 epochs in 47 s (run 3f2a9c1d0e, read from "
+        "the cache in 0.02 s). It is now the active run.")
+    # another time zone is shown in UTC; long trainings in minutes, then hours
+    metrics = {"created": "2026-03-01T00:30:00+02:00", "n_epochs_trained": 258, "train_seconds": 2700.0}
+    assert training.loaded_run_message("abc", metrics).startswith(
+        "Loaded run trained on 28 Feb 2026 at 22:30 UTC, 258 epochs in 45 min (run abc).")
+    assert [training.duration_text(s) for s in (0.4, 89, 91, 5339, 5400, 7920)] == [
+        "0 s", "89 s", "2 min", "89 min", "1 h 30 min", "2 h 12 min"]
+    assert training.loaded_run_message("abc", {"n_epochs_trained": 1}) == (
+        "Loaded a cached run, 1 epoch (run abc). It is now the active run.")
+
+
+def test_make_active_from_the_history_does_not_say_it_just_trained(tmp_path):
+    from dashboard.state import AppState
+    from engine.runs.records import RunInfo
+
+    state = AppState(training_message=("success", "Trained 8 epochs in 30 s (run other). It is now the active run."))
+    info = RunInfo(run_id="feedbeef0123", params=RunParams(), batch_key=None, data_hash="h", path=tmp_path,
+                   created="2026-12-01T09:00:00+00:00",
+                   metrics={"created": "2026-12-01T09:00:00+00:00", "n_epochs_trained": 12, "train_seconds": 20.0})
+    training.make_active(state, info)
+    assert state.active_run_id == "feedbeef0123"
+    assert state.training_message == (
+        "success", "Loaded run trained on 1 Dec 2026 at 09:00 UTC, 12 epochs in 20 s (run feedbeef01). "
+        "It is now the active run.")
 
 
 def test_single_category_batch_trains_without_it(kang_small_path):
