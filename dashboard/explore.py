@@ -27,6 +27,7 @@ import streamlit as st
 
 from dashboard.active_run import active_run
 from dashboard.explore_figures import Colouring, embedding_scatter
+from dashboard.long_jobs import run_long, tsne_job, uncorrected_job
 from dashboard.progress import progress_bar, steps
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
@@ -106,9 +107,7 @@ def _umap(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
     with progress_bar(f"t-SNE of {len(_latent):,} cells (first time only)") as show:
-        adata = _latent_adata(_latent, len(_latent))
-        eemb.tsne(adata, use_rep="X_scVI", seed=SEED, on_progress=show)
-    return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
+        return run_long(tsne_job, _latent, seed=SEED, show=show)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -436,13 +435,7 @@ def _uncorrected(key: str, _filtered: ad.AnnData) -> tuple[np.ndarray, np.ndarra
                        var=pd.DataFrame(index=_filtered.var_names))
     adata.layers["counts"] = _counts(_filtered)
     with progress_bar(f"Uncorrected view of {adata.n_obs:,} cells") as show:
-        show(0.0, "PCA of the log-normalised counts")
-        eemb.pca_uncorrected(adata, layer="counts", seed=SEED)
-        adata.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
-        show(0.3, "neighbour graph")
-        _graph_of(adata, "X_pca")
-        eemb.umap(adata, seed=SEED, on_progress=steps(show, 0.5, 1.0, "UMAP layout"))
-    return adata.obsm["X_pca"], np.asarray(adata.obsm["X_umap"], dtype=np.float32)
+        return run_long(uncorrected_job, adata, seed=SEED, show=show)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -15,6 +15,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see engine/__init__.py
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".atlas" / "numba_cache"))
 # Never the developer's own run cache: the job board may be created before `run_cache` runs.
 os.environ["ATLAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="atlas-test-runs-")
+# Page tests compute t-SNE, the batch panel and markers in their own process (deterministic, no
+# cluster per test module); tests/test_compute.py runs them on a cluster's worker.
+os.environ.setdefault("ATLAS_LONG_JOBS", "server")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data"

@@ -120,6 +120,34 @@ def test_the_local_cluster_is_quiet_when_idle_and_ready_for_the_first_job(board)
     assert compute.client.run_on_scheduler(lambda: "engine.runs.remote" in sys.modules)
 
 
+def test_long_jobs_run_on_a_worker_with_their_progress_here(board):
+    """t-SNE and the batch panel's uncorrected view run as tasks of the cluster; the progress reaches the caller."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from dashboard.long_jobs import run_long, tsne_job, uncorrected_job
+
+    compute = board.compute()
+    rng = np.random.default_rng(0)
+    latent = np.concatenate([rng.normal(c, 1.0, size=(150, 5)) for c in (0.0, 8.0)]).astype(np.float32)
+    seen: list[tuple[float, str]] = []
+    coords = run_long(tsne_job, latent, seed=0, show=lambda f, step: seen.append((f, step)), compute=compute)
+    assert coords.shape == (300, 2) and np.isfinite(coords).all()
+    # the two blobs stay apart: every cell's nearest neighbour on the t-SNE is from its own blob
+    nearest = np.argsort(((coords[:, None] - coords[None]) ** 2).sum(-1), axis=1)[:, 1]
+    assert ((nearest < 150) == (np.arange(300) < 150)).all()
+    assert seen and all(0.0 <= f <= 1.0 for f, _ in seen)
+
+    counts = sp.csr_matrix(rng.poisson(np.where(np.arange(300)[:, None] < 150, 1.0, 3.0), size=(300, 80)))
+    adata = ad.AnnData(obs={"i": np.arange(300).astype(str)}, var={"g": np.arange(80).astype(str)})
+    adata.layers["counts"] = counts.astype(np.float32)
+    pca, umap = run_long(uncorrected_job, adata, seed=0, show=lambda f, step: None, compute=compute)
+    assert pca.shape[0] == 300 and umap.shape == (300, 2)
+    prefixes = compute.client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert {"tsne_job", "uncorrected_job"} <= set(prefixes)
+
+
 def test_a_second_attempt_of_a_killed_submission_fails_with_advice(tmp_path):
     # What a scheduler that retries tasks of dead workers (allowed-failures > 0) gets on its retry.
     remote.write_progress(tmp_path, "r1", {"run_id": "r1", "token": "t", "status": "running",

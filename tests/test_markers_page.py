@@ -67,7 +67,7 @@ def test_suggested_names_come_with_evidence_and_name_the_clusters(markers_app, m
     assert all(e for e, s in zip(suggested["evidence"], suggested["suggestion"], strict=True) if s)
 
     computed = []
-    monkeypatch.setattr(dmark, "find_markers", lambda *a, **k: computed.append(1))
+    monkeypatch.setattr(dmark, "run_long", lambda *a, **k: computed.append(1))
     _widget(at.button, "Use these names for the clusters").click().run()
     assert not at.exception, at.exception
     named = state.cluster_names

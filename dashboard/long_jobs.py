@@ -1,0 +1,135 @@
+"""Long computations of the pages (t-SNE, the batch panel's uncorrected view, markers) on the Dask cluster.
+
+Training already runs on the cluster's workers (:mod:`dashboard.jobs`). These computations take
+seconds at 12k cells but minutes at atlas scale, so they go there too, and the server keeps
+answering other sessions meanwhile. What stays in the server, and why: the steps that must answer
+in well under a second and reuse its caches (colours, Leiden at a new resolution, DE
+re-thresholding), the first view's neighbour graph and UMAP (the graph is shared with Leiden in the
+server's cache; at 12k cells they take 2-3 s) and one two-group DE (bounded by its subsample of at
+most 500 cells per group, whatever the atlas size).
+
+:func:`run_long` submits ``job(*args, on_progress=...)`` to the job board's cluster when it is up,
+and follows the worker's progress through Dask events (the latest fraction and step is all a
+progress bar needs); with no cluster ready (it starts with the first visit to the
+Train page), or with ``ATLAS_LONG_JOBS=server``, it runs the job here. The job functions below are
+module-level and import no Streamlit, so a worker imports them by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+
+if TYPE_CHECKING:
+    from dashboard.compute import Compute
+
+logger = logging.getLogger(__name__)
+
+WHERE_ENV = "ATLAS_LONG_JOBS"  # "cluster" (default) or "server"
+POLL_SECONDS = 0.25
+
+Progress = Callable[[float, str], None]
+
+
+# ---- the jobs (run on a worker, or here) ---------------------------------------------------------
+def tsne_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> np.ndarray:
+    """t-SNE of a latent space (cells x dimensions): ``(n_cells, 2)`` float32."""
+    from engine.analysis import embedding as eemb
+
+    adata = ad.AnnData(obsm={"X_scVI": np.asarray(latent, dtype=np.float32)}, shape=(len(latent), 0))
+    eemb.tsne(adata, use_rep="X_scVI", seed=seed, on_progress=lambda f: on_progress(f, ""))
+    return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
+
+
+def uncorrected_job(adata: ad.AnnData, *, seed: int, on_progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the log-normalised counts (``layers["counts"]``) and the UMAP of its kNN graph."""
+    from engine.analysis import embedding as eemb
+    from engine.analysis.neighbors import neighbors
+
+    on_progress(0.0, "PCA of the log-normalised counts")
+    eemb.pca_uncorrected(adata, layer="counts", seed=seed)
+    adata.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
+    on_progress(0.3, "neighbour graph")
+    neighbors(adata, use_rep="X_pca", seed=seed)
+    eemb.umap(adata, seed=seed, on_progress=lambda f: on_progress(0.5 + 0.5 * f, "UMAP layout"))
+    return adata.obsm["X_pca"], np.asarray(adata.obsm["X_umap"], dtype=np.float32)
+
+
+def markers_job(cache_dir: str, run_id: str, adata: ad.AnnData, *, groupby: str, on_progress: Progress):
+    """Markers of every group of ``adata.obs[groupby]`` with the cached run ``run_id`` (loaded here)."""
+    from engine.analysis.markers import find_markers
+    from engine.runs.storage import load_run
+
+    run = load_run(cache_dir, run_id)
+    if run is None:
+        raise ValueError(f"Run {run_id} is not in the run cache {cache_dir}: train it again on the Train page.")
+    return find_markers(run, adata, groupby=groupby,
+                        on_progress=lambda done: on_progress(done, "scVI DE and a Wilcoxon test per group"))
+
+
+# ---- where they run ------------------------------------------------------------------------------
+def _with_progress(job: Callable[..., Any], topic: str, args: tuple, kwargs: dict) -> Any:
+    """On a worker: run ``job``, sending its progress as events of ``topic`` (at most a few a second)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    last = [0.0]
+
+    def publish(fraction: float, step: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] >= POLL_SECONDS / 2 or fraction >= 1.0:  # not a scheduler message per epoch
+            last[0] = now
+            worker.log_event(topic, [float(fraction), str(step)])
+
+    return job(*args, on_progress=publish, **kwargs)
+
+
+def run_long(job: Callable[..., Any], *args: Any, show: Progress, compute: Compute | None = None,
+             **kwargs: Any) -> Any:
+    """``job(*args, on_progress=show, **kwargs)`` on the job board's cluster when it is up, else here.
+
+    ``compute``: the cluster to use (default: the job board's, see the module's docstring). The
+    worker's progress arrives as Dask events on the client's thread; this (the page's) thread
+    shows the latest one, since only it may update the page.
+    """
+    compute = compute or _cluster()
+    if compute is None:
+        return job(*args, on_progress=show, **kwargs)
+    topic = f"atlas-progress-{uuid.uuid4().hex}"
+    latest: list[tuple[float, str] | None] = [None]
+    compute.client.subscribe_topic(topic, lambda event: latest.__setitem__(0, tuple(event[1])))
+    future = compute.client.submit(_with_progress, job, topic, args, kwargs, pure=False,
+                                   key=f"{job.__name__}-{uuid.uuid4().hex[:12]}")
+    started = time.perf_counter()
+    try:
+        shown = None
+        while not future.done():
+            time.sleep(POLL_SECONDS)
+            if latest[0] is not None and latest[0] != shown:
+                shown = latest[0]
+                show(*shown)
+        result = future.result()
+        logger.info("%s ran on the cluster in %.1f s", job.__name__, time.perf_counter() - started)
+        return result
+    finally:
+        compute.client.unsubscribe_topic(topic)
+        future.release()
+
+
+def _cluster():
+    """The job board's cluster connection when it is ready and long jobs may use it, else None."""
+    if os.environ.get(WHERE_ENV, "cluster").strip().lower() == "server":
+        return None
+    from dashboard.training import job_board
+
+    try:
+        return job_board().compute(timeout=0)
+    except (RuntimeError, TimeoutError):
+        return None  # still starting, or no cluster could be started: the server does it
