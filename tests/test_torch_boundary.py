@@ -29,6 +29,10 @@ CASES = {
         "records.run_id(a, params=engine.RunParams(), batch_key='donor')\n"
         "records.list_runs('/nonexistent')"
     ),
+    "annotation store": (
+        "import tempfile\nfrom engine.runs.annotations import AnnotationStore\n"
+        "AnnotationStore(tempfile.mkdtemp()).put('r', 'group', 'g', {'cells': ['a']})"
+    ),
     "DE tables and groups": "from engine.analysis import de, wilcoxon",
     "python -m engine --help": (
         "import contextlib, io\nfrom engine.cli.main import main\n"
