@@ -38,4 +38,8 @@ def require_active_run(state: AppState):
     if run is None:
         st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
         st.stop()
+    # The run's names and groups as kept on the server (other sessions' changes included).
+    from dashboard.workspace import sync
+
+    sync(state)
     return run

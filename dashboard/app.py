@@ -10,9 +10,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard import workspace
 from dashboard.loading import read_sample, use_dataset
 from dashboard.startup import configure_logging, start_warm_up
 from dashboard.state import get_state
+from dashboard.training import cache_dir
+from engine.runs import records as ecache
 
 st.set_page_config(page_title="Atlas Explorer", page_icon=":material/scatter_plot:", layout="wide")
 
@@ -33,6 +36,24 @@ pages = [
 # Navigation first, so the page list is in the sidebar while the sample loads on a first visit.
 page = st.navigation(pages)
 
+# A link (?run=<id>, issue 17): on the session's first script run, a run in the cache is opened with
+# its data, QC settings, names and groups; an id not in the cache is a training job being followed
+# (a refresh during training finds it) or a run that is gone.
+if not state.link_checked:
+    state.link_checked = True
+    link = st.query_params.get("run")
+    if link and ecache.has_run(cache_dir(), link):
+        if link != state.active_run_id:
+            with st.spinner(f"Opening run {link[:10]} from the link: reading its data..."):
+                try:
+                    workspace.open_link(state, link, st.query_params.to_dict())
+                except (ValueError, OSError) as err:
+                    state.load_error = str(err)
+    elif link:
+        state.watched_job = link
+        if not workspace.job_in_progress(link):
+            state.missing_run = link
+
 if state.dataset is None and state.load_error is None:
     with st.spinner("Loading the sample dataset (Kang et al. 2018 PBMC)..."):
         try:
@@ -40,9 +61,8 @@ if state.dataset is None and state.load_error is None:
         except (ValueError, OSError) as err:
             state.load_error = f"The bundled sample could not be loaded: {err}"
 
-# A training job survives a browser refresh: its run id is in the URL (?run=...).
-if state.watched_job is None and "run" in st.query_params:
-    state.watched_job = st.query_params["run"]
+if state.missing_run is not None and st.query_params.get("run") == state.missing_run:
+    workspace.missing_run_notice(state.missing_run)
 
 def dataset_line(slot) -> None:
     """The dataset's name and size in the sidebar."""

@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import scipy.sparse as sp
 import streamlit as st
 
+from dashboard import workspace
 from dashboard.active_run import active_run
 from dashboard.explore_figures import Colouring, embedding_scatter
 from dashboard.long_jobs import run_long, tsne_job, uncorrected_job
@@ -144,7 +145,7 @@ def leiden_clusters(state: AppState, run) -> pd.Categorical:
 
 # ---- Cluster names -----------------------------------------------------------------------------
 def _clustering(state: AppState) -> tuple:
-    return (state.active_run_id, state.filtered_key, float(state.leiden_resolution))
+    return workspace.clustering(state)
 
 
 def sync_cluster_names(state: AppState) -> bool:
@@ -155,6 +156,9 @@ def sync_cluster_names(state: AppState) -> bool:
     """
     current = _clustering(state)
     previous = state.cluster_names_for
+    if previous is not None and previous != current and state.workspace is not None:
+        workspace.sync(state)  # names of the run at this resolution, kept on the server
+        return False
     state.cluster_names_for = current
     if previous is not None and previous != current and state.cluster_names:
         state.cluster_names = {}
@@ -207,6 +211,7 @@ def apply_cluster_edits(state: AppState, clusters: Sequence[str], edited_rows: M
         else:
             names.pop(cluster, None)
     state.cluster_names = names
+    workspace.sync(state)  # kept with the run on the server
 
 
 # ---- Colouring ---------------------------------------------------------------------------------
@@ -334,6 +339,7 @@ def save_group(state: AppState, name: str, cells: np.ndarray) -> str:
         raise ValueError("No cells are selected: draw a lasso or box around cells on the plot "
                          "(choose the tool in the plot's toolbar), then save.")
     state.cell_groups = {**state.cell_groups, name: np.asarray(cells, dtype=object)}
+    workspace.sync(state)  # kept with the run on the server
     return name
 
 
@@ -353,6 +359,7 @@ def rename_group(state: AppState, old: str, new: str) -> None:
         raise ValueError(f"There is no group named '{old}'.")
     new = _check_name(state, new)
     state.cell_groups = {(new if k == old else k): v for k, v in state.cell_groups.items()}
+    workspace.sync(state)
 
 
 def delete_group(state: AppState, name: str) -> None:
@@ -360,6 +367,7 @@ def delete_group(state: AppState, name: str) -> None:
     if name not in state.cell_groups:
         raise ValueError(f"There is no group named '{name}'.")
     state.cell_groups = {k: v for k, v in state.cell_groups.items() if k != name}
+    workspace.sync(state)
 
 
 def combine_groups(state: AppState, names: Sequence[str], new: str) -> None:

@@ -6,9 +6,11 @@ bad upload never replaces the dataset already loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,11 @@ SAMPLE_PATH = REPO / "sample_data" / "kang_pbmc_ctrl.h5ad"
 SAMPLE_NAME = "Sample: Kang et al. 2018 PBMC, control (12,261 cells)"
 # Loading files from the server's disk is off unless an administrator names a folder.
 DATA_DIR_ENV = "ATLAS_DATA_DIR"
+
+# Uploads are kept under <run cache>/uploads/<content hash><suffix> so that links to their runs can
+# read them again, for this many days after their last use.
+UPLOAD_DAYS_ENV = "ATLAS_UPLOAD_DAYS"
+UPLOAD_DAYS = 30.0
 
 # Multi-part suffixes first so "x.tar.gz" keeps ".tar.gz"; the engine decides what is supported.
 _COMPOUND_SUFFIXES = (".tar.gz", ".csv.gz", ".tsv.gz", ".txt.gz", ".mtx.gz")
@@ -78,7 +85,73 @@ def read_upload(file_name: str, data: bytes, *, transpose: bool | None = None) -
         raise ValueError(f"'{file_name}' is empty (0 bytes): upload the file again or pick another.")
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     adata = _read_bytes(digest, suffix, transpose, data, file_name)
-    return Dataset(name=file_name, key=f"upload:{digest}:{transpose}", adata=adata, source="upload")
+    kept = keep_upload(digest, suffix, data)
+    return Dataset(name=file_name, key=f"upload:{digest}:{transpose}", adata=adata, source="upload",
+                   transpose=transpose, kept_upload=kept)
+
+
+def uploads_dir() -> Path:
+    """Where uploads are kept: ``uploads/`` in the run cache."""
+    from dashboard.training import cache_dir  # here: loading a file needs no job board
+
+    return cache_dir() / "uploads"
+
+
+def upload_days() -> float:
+    """How many days an upload is kept after its last use ($ATLAS_UPLOAD_DAYS, default 30)."""
+    try:
+        return float(os.environ.get(UPLOAD_DAYS_ENV) or UPLOAD_DAYS)
+    except ValueError:
+        return UPLOAD_DAYS
+
+
+def keep_upload(digest: str, suffix: str, data: bytes) -> str | None:
+    """Keep an upload's bytes as ``uploads/<digest><suffix>`` (atomic write); returns that file name.
+
+    Kept files unused for :func:`upload_days` days are removed. None when the cache is not writable
+    (the upload is still used; only links to its runs cannot re-open it).
+    """
+    folder = uploads_dir()
+    name = f"{digest}{suffix}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        if target.exists():
+            os.utime(target)  # in use again: keep it longer
+        else:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
+                tmp.write(data)
+            os.replace(tmp.name, target)
+        remove_old_uploads(folder)
+    except OSError:
+        return None
+    return name
+
+
+def remove_old_uploads(folder: Path | None = None, *, now: float | None = None) -> list[str]:
+    """Remove kept uploads not used for :func:`upload_days` days; returns their names."""
+    folder = folder or uploads_dir()
+    limit = (now or time.time()) - upload_days() * 86400
+    removed = []
+    for path in folder.glob("*") if folder.is_dir() else []:
+        try:
+            if path.is_file() and path.stat().st_mtime < limit:
+                path.unlink()
+                removed.append(path.name)
+        except OSError:
+            continue
+    return removed
+
+
+def read_kept_upload(name: str, *, display_name: str, transpose: bool | None = None) -> Dataset:
+    """An upload kept on the server (see :func:`keep_upload`), read again; ValueError when it is gone."""
+    folder = uploads_dir()
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or not path.is_file():
+        raise ValueError(f"The uploaded file '{display_name}' is no longer kept on the server (uploads "
+                         f"are kept {upload_days():g} days after their last use): upload it again.")
+    os.utime(path)
+    return read_server_file(path, name=display_name, transpose=transpose)
 
 
 def read_sample() -> Dataset:
@@ -90,8 +163,9 @@ def read_server_file(path: Path, *, name: str | None = None, transpose: bool | N
     """The dataset read (and cached) from a file on the server, named ``name`` or the file's name."""
     path = Path(path)
     adata = _read_path(str(path), path.stat().st_mtime, transpose)
+    kept = path.name if path.parent.resolve() == uploads_dir().resolve() else None
     return Dataset(name=name or path.name, key=f"path:{path}:{transpose}", adata=adata,
-                   source="path", path=str(path))
+                   source="path", path=str(path), transpose=transpose, kept_upload=kept)
 
 
 def server_data_dir() -> Path | None:
@@ -148,6 +222,8 @@ def use_dataset(state: AppState, dataset: Dataset) -> None:
     state.active_run_id = None
     state.cell_groups = {}
     state.cluster_names = {}
+    state.cluster_names_for = None
+    state.workspace = None
     state.load_error = None
 
 
@@ -190,8 +266,7 @@ def use_mito_prefixes(state: AppState, prefixes: tuple[str, ...]) -> None:
 
 def _replace_dataset(state: AppState, adata: ad.AnnData, change: str) -> None:
     """The same dataset with derived annotations changed (names, QC metrics); filters re-applied."""
-    dataset = Dataset(name=state.dataset.name, key=f"{state.dataset.key}:{change}",
-                      adata=adata, source=state.dataset.source, path=state.dataset.path)
+    dataset = dataclasses.replace(state.dataset, key=f"{state.dataset.key}:{change}", adata=adata)
     state.filtered = filtered_dataset(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)
     state.filtered_key = filtered_key(dataset, state.thresholds, state.n_top_genes, state.hvg_batch_key)
     state.dataset = dataset

@@ -27,6 +27,10 @@ class Dataset:
     # Where it came from, so it can be read again with other options (orientation).
     source: str = "path"  # "path" or "upload"
     path: str | None = None
+    transpose: bool | None = None  # the orientation asked for when reading (None: detected)
+    # The file name under the run cache's uploads/ folder where an upload is kept, so links to its
+    # runs can read it again (see dashboard.workspace).
+    kept_upload: str | None = None
 
 
 @dataclass
@@ -59,6 +63,13 @@ class AppState:
     cluster_names: dict[str, str] = field(default_factory=dict)
     # The clustering (run id, filtered_key, resolution) that `cluster_names` were given to.
     cluster_names_for: tuple | None = None
+    # What this session last read from the run's annotation store (dashboard.workspace.Snapshot):
+    # compared with the fields above to write the session's changes there.
+    workspace: object | None = None
+    # Whether the URL's ?run= link was looked at (once, on the session's first script run), and the
+    # run id of a link whose run is not in the cache (the page says so).
+    link_checked: bool = False
+    missing_run: str | None = None
     # (run id, filtered_key) pairs whose t-SNE this session asked for (then cached and exported).
     tsne_requested: set[tuple[str, str]] = field(default_factory=set)
 

@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import explore as ex
+from dashboard import workspace
 from dashboard.active_run import require_active_run
 from dashboard.cell_scatter import cell_scatter
 from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
@@ -56,6 +57,8 @@ def scatter_panel() -> None:
                               help="Write each cluster's (or category's) name over its cells.")
         point_size = st.slider("Point size", 1.0, 10.0, 3.0, step=0.5, key="explore_point_size")
         opacity = st.slider("Opacity", 0.1, 1.0, 0.8, step=0.05, key="explore_opacity")
+        # The URL restores this view in any browser (run, embedding, colouring, resolution).
+        workspace.set_url(workspace.view_params(state, embedding=kind, source=source, name=name))
 
     with chart:
         started = time.perf_counter()
@@ -80,7 +83,8 @@ def scatter_panel() -> None:
 def group_panel(selected) -> None:
     with st.container(border=True):
         st.subheader("Cell groups")
-        st.caption("Groups are used on the Differential expression page.")
+        st.caption("Groups are used on the Differential expression page. They are kept with the run "
+                   "on the server: this page's address opens them in any browser.")
         left, right = st.columns([2, 1], vertical_alignment="bottom")
         group_name = left.text_input("Group name", key="explore_group_name",
                                      placeholder="e.g. activated monocytes")

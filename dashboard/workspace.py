@@ -1,0 +1,256 @@
+"""A run's workspace on the server, and links that restore it (issue 17 parts 1 and 2).
+
+Cluster names, cell groups and how to re-open a run's data live in the annotation store beside the
+run cache (:mod:`engine.runs.annotations`), not only in the session:
+
+- :func:`sync` runs on every page that needs the active run (and after every edit of names or
+  groups): it writes what this session changed since it last read the store (compared with a
+  :class:`Snapshot`), then reads the store back. Two sessions on one run therefore see each other's
+  changes on their next rerun; the last writer wins per item (one group, one cluster's name).
+- The first sync of a run records how its data was opened (``dataset`` item: the sample, a server
+  file or a kept upload, plus the QC settings that produced its cells).
+- :func:`open_link` does the reverse for a URL ``?run=<id>`` opened in a new session: it reads the
+  data again, applies the QC settings and makes the run active, and puts the view the URL names
+  (embedding, colouring, resolution) into the Explore page's widgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import streamlit as st
+
+from dashboard import loading
+from dashboard.state import AppState, Dataset
+from dashboard.training import cache_dir, load_run
+from engine.preprocessing.qc import QCThresholds
+from engine.runs import records as ecache
+from engine.runs.annotations import AnnotationStore
+
+__all__ = ["Snapshot", "clustering", "dataset_record", "open_link", "store", "job_in_progress", "sync", "view_params"]
+
+EMBEDDINGS = ("UMAP", "t-SNE")
+COLOUR_SOURCES = {"Cluster": None, "Annotation": "explore_annotation", "QC metric": "explore_qc",
+                  "Gene": "explore_gene"}
+
+
+@dataclass
+class Snapshot:
+    """What a session last read from the store for its active run."""
+
+    run_id: str
+    clustering: tuple  # (run id, filtered key, resolution) the names were read for
+    names: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def store() -> AnnotationStore:
+    """The annotation store of the run cache."""
+    return AnnotationStore(cache_dir())
+
+
+def clustering(state: AppState) -> tuple:
+    """The clustering that cluster names belong to: run, filtered data and Leiden resolution."""
+    return (state.active_run_id, state.filtered_key, float(state.leiden_resolution))
+
+
+def _res(resolution: float) -> str:
+    return f"{float(resolution):g}|"
+
+
+# ---- Reading and writing a run's names and groups ----------------------------------------------
+def _push_groups(db: AnnotationStore, rid: str, old: Mapping[str, tuple], new: Mapping[str, np.ndarray]) -> None:
+    changed = {}
+    for position, (name, cells) in enumerate(new.items()):
+        cells = tuple(map(str, cells))
+        if old.get(name) != cells:
+            changed[name] = {"cells": list(cells), "order": position}
+    deleted = tuple(name for name in old if name not in new)
+    if changed or deleted:
+        db.put_many(rid, "group", changed, delete=deleted)
+
+
+def _push_names(db: AnnotationStore, rid: str, resolution: float, old: Mapping[str, str],
+                new: Mapping[str, str]) -> None:
+    prefix = _res(resolution)
+    changed = {prefix + c: n for c, n in new.items() if old.get(c) != n}
+    deleted = tuple(prefix + c for c in old if c not in new)
+    if changed or deleted:
+        db.put_many(rid, "cluster_names", changed, delete=deleted)
+
+
+def sync(state: AppState) -> None:
+    """Write this session's changes to its active run's names and groups, then read them back.
+
+    Does nothing without an active run (the names and groups then live in the session only).
+    """
+    rid = state.active_run_id
+    if rid is None or state.filtered is None:
+        return
+    db = store()
+    snap = state.workspace if isinstance(state.workspace, Snapshot) else None
+    current = clustering(state)
+    if snap is not None and snap.run_id == rid:
+        _push_groups(db, rid, snap.groups, state.cell_groups)
+        if state.cluster_names_for == snap.clustering:
+            _push_names(db, rid, snap.clustering[2], snap.names, state.cluster_names)
+    else:
+        # The first look at this run in this session: keep what the session made before (groups
+        # drawn on another run of these cells, names given before the store was read) where the
+        # store has nothing under that name, and record how to open the run's data again.
+        kept = db.items(rid, "group")
+        _push_groups(db, rid, {}, {k: v for k, v in state.cell_groups.items() if k not in kept})
+        if state.cluster_names_for == current and state.cluster_names:
+            named = db.items(rid, "cluster_names", prefix=_res(current[2]))
+            _push_names(db, rid, current[2], {}, {c: n for c, n in state.cluster_names.items()
+                                                  if _res(current[2]) + c not in named})
+        record = dataset_record(state)
+        if record is not None:
+            db.put(rid, "dataset", "", record)
+    groups = sorted(db.items(rid, "group").items(), key=lambda kv: kv[1].get("order", 0))
+    prefix = _res(current[2])
+    names = {k[len(prefix):]: str(v) for k, v in db.items(rid, "cluster_names", prefix=prefix).items()}
+    state.cell_groups = {k: np.asarray(v["cells"], dtype=object) for k, v in groups}
+    state.cluster_names = dict(names)
+    state.cluster_names_for = current
+    state.workspace = Snapshot(rid, current, dict(names), {k: tuple(map(str, v["cells"])) for k, v in groups})
+
+
+# ---- How to open a run's data again ------------------------------------------------------------
+def _display_column(key: str) -> tuple[bool, str | None]:
+    """Whether the gene names were changed on the Data page, and to which column (from the key)."""
+    changes = [part[len("names="):] for part in key.split(":") if part.startswith("names=")]
+    if not changes:
+        return False, None
+    column = changes[-1]
+    return True, (None if column == "None" else column)
+
+
+def dataset_record(state: AppState) -> dict | None:
+    """How the session's dataset can be read again, and its QC settings; None when it cannot."""
+    dataset = state.dataset
+    if dataset is None:
+        return None
+    if dataset.kept_upload:
+        source = {"source": "upload", "file": dataset.kept_upload}
+    elif dataset.path and dataset.path == str(loading.SAMPLE_PATH):
+        source = {"source": "sample"}
+    elif dataset.path:
+        root = loading.server_data_dir()
+        path = loading.Path(dataset.path).resolve()
+        if root is None or root not in path.parents:
+            return None
+        source = {"source": "server", "file": str(path.relative_to(root))}
+    else:
+        return None
+    changed, column = _display_column(dataset.key)
+    return {**source, "name": dataset.name, "transpose": dataset.transpose,
+            "names_changed": changed, "names_column": column,
+            "thresholds": dataclasses.asdict(state.thresholds),
+            "mito_prefixes": list(state.mito_prefixes), "n_top_genes": int(state.n_top_genes),
+            "hvg_batch_key": state.hvg_batch_key}
+
+
+def _read(record: Mapping) -> Dataset:
+    source, transpose = record.get("source"), record.get("transpose")
+    if source == "sample":
+        return loading.read_server_file(loading.SAMPLE_PATH, name=loading.SAMPLE_NAME, transpose=transpose)
+    if source == "server":
+        return loading.read_server_file(loading.resolve_server_file(str(record["file"])),
+                                        name=record.get("name"), transpose=transpose)
+    if source == "upload":
+        return loading.read_kept_upload(str(record["file"]), display_name=str(record.get("name", "upload")),
+                                        transpose=transpose)
+    raise ValueError(f"unknown data source {source!r}")
+
+
+def open_link(state: AppState, rid: str, params: Mapping[str, str]) -> None:
+    """Open run ``rid`` from a link: read its data, apply its QC settings, make it active, restore the view.
+
+    Raises ValueError with a message for the page when the data cannot be opened again.
+    """
+    record = store().get(rid, "dataset", "")
+    if record is None:
+        raise ValueError(f"Run {rid[:10]} exists, but how its data was opened is not known (it was "
+                         "never shown on the Explore page). Load its data on the Data page, then pick "
+                         "the run on the Train page.")
+    dataset = _read(record)
+    loading.use_dataset(state, dataset)
+    if record.get("names_changed"):
+        loading.use_display_names(state, record.get("names_column"))
+    prefixes = tuple(record.get("mito_prefixes") or state.mito_prefixes)
+    if prefixes != tuple(state.mito_prefixes):
+        loading.use_mito_prefixes(state, prefixes)
+    loading.apply_settings(state, QCThresholds(**record.get("thresholds", {})),
+                           int(record.get("n_top_genes", state.n_top_genes)), record.get("hvg_batch_key"))
+    run = load_run(rid)
+    if run is None or run.metrics.get("cells_hash") not in (None, ecache.cells_hash(state.filtered)):
+        raise ValueError(f"The data of run {rid[:10]} was opened again, but its cells no longer match "
+                         "the run (the file changed?). Pick a run on the Train page.")
+    state.active_run_id = rid
+    state.workspace = None
+    restore_view(state, params)
+
+
+def restore_view(state: AppState, params: Mapping[str, str]) -> None:
+    """Put the view a URL names into the Explore page's widgets (before they are drawn)."""
+    embedding = params.get("embedding")
+    if embedding in EMBEDDINGS:
+        st.session_state["explore_embedding"] = embedding
+    source = params.get("colour")
+    if source in COLOUR_SOURCES:
+        st.session_state["explore_source"] = source
+        widget = COLOUR_SOURCES[source]
+        if widget and params.get("by"):
+            st.session_state[widget] = params["by"]
+    try:
+        resolution = float(params.get("res", ""))
+    except ValueError:
+        resolution = None
+    if resolution is not None and 0.1 <= resolution <= 3.0:
+        state.leiden_resolution = round(resolution, 1)
+        st.session_state["explore_resolution"] = state.leiden_resolution
+
+
+def view_params(state: AppState, *, embedding: str, source: str, name: str = "") -> dict[str, str]:
+    """The URL parameters that restore the Explore page's view of the active run."""
+    params = {"run": str(state.active_run_id), "embedding": embedding, "colour": source,
+              "res": f"{state.leiden_resolution:g}"}
+    if name:
+        params["by"] = name
+    return params
+
+
+def set_url(params: Mapping[str, str]) -> None:
+    """Make the browser's URL carry ``params`` (only when they changed: each change is a message)."""
+    if any(st.query_params.get(k) != v for k, v in params.items()):
+        st.query_params.update(params)
+
+
+def job_in_progress(rid: str) -> bool:
+    """Whether run ``rid`` is being trained (its marker in the cache) or is a job of this server."""
+    if (cache_dir() / f"{ecache.MARKER_PREFIX}{rid}.json").exists():
+        return True
+    from dashboard.training import job_board
+
+    return job_board().get(rid) is not None
+
+
+def missing_run_notice(rid: str) -> None:
+    """Say that the link's run is gone and list the runs there are, as links."""
+    runs = ecache.list_runs(cache_dir())
+    lines = [f"The run in this link ({rid[:10]}) is not in the run cache any more: it was deleted, "
+             "or the cache was cleared."]
+    if runs:
+        lines.append("Runs there are:")
+        for info in runs[:20]:
+            p = info.params
+            lines.append(f"- [{info.run_id[:10]}](?run={info.run_id}): {p.likelihood.upper()}, "
+                         f"{p.n_latent} latent, {info.metrics.get('n_cells', '?')} cells, "
+                         f"trained {info.created[:16].replace('T', ' ')}")
+    else:
+        lines.append("There are no runs in the cache: load data and train one.")
+    st.warning("\n".join(lines), icon=":material/link_off:")

@@ -1,0 +1,103 @@
+"""Links restore the view, and names and groups are kept with the run on the server (issue 17 parts 1, 2).
+
+Session A opens an upload, filters it, trains, names a cluster and saves a group; a new session
+opening the link (``?run=<id>&...``) gets the data, the QC thresholds, the run, the names and the
+groups, and the view the URL names, without a trip to the Train page.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import explore as ex
+from dashboard import loading
+from dashboard import workspace as ws
+from engine.preprocessing.qc import QCThresholds
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+EXPLORE = "../pages/explore.py"
+
+
+def _session() -> AppTest:
+    return AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180)
+
+
+def test_a_link_opens_the_run_with_its_names_and_groups_in_a_new_session(run_cache, kang_small_path):
+    from engine.model.params import RunParams
+    from engine.runs.fit import fit
+
+    a = _session()
+    a.run()
+    a.file_uploader[0].set_value(("kang_small.h5ad", kang_small_path.read_bytes(),
+                                  "application/octet-stream")).run()
+    state_a = a.session_state["atlas_state"]
+    # QC thresholds that drop cells: the link must restore them for the run to match its data
+    loading.apply_settings(state_a, QCThresholds(min_genes=300), 2000, None)
+    assert state_a.filtered.n_obs < state_a.dataset.adata.n_obs
+    run = fit(state_a.filtered.copy(), params=RunParams(max_epochs=2, lr=1e-3, seed=0),
+              batch_key=None, cache_dir=run_cache)
+    state_a.active_run_id = run.run_id
+    a.switch_page(EXPLORE).run()
+    assert not a.exception, a.exception
+    clusters = list(ex.cluster_table(state_a, run)["cluster"])
+    ex.apply_cluster_edits(state_a, clusters, {0: {"name": "B cells"}})
+    cells = state_a.filtered.obs_names[:30].to_numpy()
+    ex.save_group(state_a, "my lasso", cells)
+    a.radio(key="explore_embedding").set_value("UMAP").run()
+    assert a.query_params["run"] in (run.run_id, [run.run_id])
+
+    b = _session()
+    b.query_params.update({"run": run.run_id, "embedding": "UMAP", "colour": "Cluster", "res": "1"})
+    b.switch_page(EXPLORE).run()
+    assert not b.exception, b.exception
+    state_b = b.session_state["atlas_state"]
+    assert state_b.active_run_id == run.run_id
+    assert state_b.dataset.name == "kang_small.h5ad"
+    assert state_b.thresholds.min_genes == 300
+    assert list(state_b.filtered.obs_names) == list(state_a.filtered.obs_names)
+    assert state_b.cluster_names == {clusters[0]: "B cells"}
+    assert list(state_b.cell_groups) == ["my lasso"]
+    assert set(state_b.cell_groups["my lasso"]) == set(cells)
+    assert not [i.value for i in b.info if "Train a model" in i.value]
+
+    # Changes by one session reach the other on its next rerun; a deletion too.
+    ex.delete_group(state_b, "my lasso")
+    ex.apply_cluster_edits(state_b, clusters, {1: {"name": "NK"}})
+    a.run()
+    assert state_a.cell_groups == {}
+    assert state_a.cluster_names == {clusters[0]: "B cells", clusters[1]: "NK"}
+    # Names belong to a resolution: another has none, and coming back finds them again.
+    state_a.leiden_resolution = 0.5
+    a.run()
+    assert state_a.cluster_names == {}
+    state_a.leiden_resolution = 1.0
+    a.run()
+    assert state_a.cluster_names[clusters[1]] == "NK"
+
+
+def test_a_link_to_a_run_that_is_gone_says_so_and_lists_the_runs(run_cache, monkeypatch):
+    monkeypatch.setattr(ws, "job_in_progress", lambda rid: False)
+    at = _session()
+    at.query_params["run"] = "0123456789abcdef0123"
+    at.run()
+    assert not at.exception, at.exception
+    warning = next(w.value for w in at.warning if "not in the run cache" in w.value)
+    assert "0123456789" in warning
+
+
+def test_kept_uploads_expire(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("ATLAS_UPLOAD_DAYS", "2")
+    old, new = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    assert loading.remove_old_uploads(tmp_path) == ["a.h5ad"]
+    assert new.exists() and not old.exists()
+    assert np.isclose(loading.upload_days(), 2)
