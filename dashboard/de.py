@@ -16,10 +16,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import explore
+from dashboard.long_jobs import de_job, run_long
 from dashboard.progress import progress_bar
 from dashboard.state import AppState
 from dashboard.summary import grouping_columns
-from dashboard.training import load_run
+from dashboard.training import cache_dir
 from engine.analysis import de as ede
 from engine.analysis import wilcoxon as ewilcoxon
 
@@ -160,13 +161,10 @@ def run_data(filtered: ad.AnnData, run) -> ad.AnnData:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _differential_expression(run_id: str, key: str, mask1: np.ndarray, mask2: np.ndarray,
                              mode: str, batch_correction: bool, _adata: ad.AnnData) -> ede.DEResult:
-    run = load_run(run_id)
     what = f"Posterior expression of {int(mask1.sum()):,} vs {int(mask2.sum()):,} cells"
     with progress_bar(what) as show:
-        return ede.differential_expression(
-            run, _adata.copy(), group1=mask1, group2=mask2, mode=mode, batch_correction=batch_correction,
-            on_progress=lambda done: show(done, "sampling the model's posterior, then the fold changes"),
-        )
+        return run_long(de_job, str(cache_dir()), run_id, _adata.copy(), group1=mask1, group2=mask2, mode=mode,
+                        batch_correction=batch_correction, show=show)
 
 
 def differential_expression(state: AppState, request: DERequest, mask1: np.ndarray,

@@ -8,6 +8,9 @@ change of colour, point size or group recomputes nothing but the colour vector:
 - Leiden per resolution; observed and denoised expression per gene;
 - the batch-correction comparison (uncorrected PCA + UMAP, batch-mixing metrics), on demand.
 
+The graph with the UMAP, the t-SNE and the batch panel are long jobs: they run on the Dask
+cluster's workers when it is up (:mod:`dashboard.long_jobs`); the results are cached here.
+
 The Export and Differential expression pages use :func:`cluster_labels`, :func:`explored_adata`
 and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
 """
@@ -28,13 +31,11 @@ import streamlit as st
 from dashboard import workspace
 from dashboard.active_run import active_run
 from dashboard.explore_figures import Colouring, embedding_scatter
-from dashboard.long_jobs import run_long, tsne_job, uncorrected_job
-from dashboard.progress import progress_bar, steps
+from dashboard.long_jobs import batch_metrics_job, first_view_job, run_long, tsne_job, uncorrected_job
+from dashboard.progress import progress_bar
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
-from engine.analysis import embedding as eemb
-from engine.analysis import neighbors as enb
 from engine.preprocessing.normalize import TARGET_SUM, log_normalized
 
 Embedding = Literal["UMAP", "t-SNE"]
@@ -79,15 +80,16 @@ class Graph:
                                   "distances_key": "distances", "params": dict(self.params)}
 
 
-def _graph_of(adata: ad.AnnData, use_rep: str) -> Graph:
-    enb.neighbors(adata, use_rep=use_rep, seed=SEED)
-    return Graph(adata.obsp["distances"], adata.obsp["connectivities"],
-                 dict(adata.uns["neighbors"]["params"]))
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
-def _latent_graph(run_id: str, key: str, _latent: np.ndarray) -> Graph:
-    return _graph_of(_latent_adata(_latent, len(_latent)), "X_scVI")
+def _first_view(run_id: str, key: str, _latent: np.ndarray) -> tuple[Graph, np.ndarray]:
+    """The latent's kNN graph (kept here for Leiden at any resolution) and its UMAP, from one long job."""
+    with progress_bar(f"UMAP of {len(_latent):,} cells (first time only)") as show:
+        distances, connectivities, params, coords = run_long(first_view_job, _latent, seed=SEED, show=show)
+    return Graph(distances, connectivities, params), coords
+
+
+def _latent_graph(run_id: str, key: str, latent: np.ndarray) -> Graph:
+    return _first_view(run_id, key, latent)[0]
 
 
 def _adata_with_graph(run_id: str, key: str, latent: np.ndarray) -> ad.AnnData:
@@ -96,13 +98,8 @@ def _adata_with_graph(run_id: str, key: str, latent: np.ndarray) -> ad.AnnData:
     return adata
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _umap(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
-    with progress_bar(f"UMAP of {len(_latent):,} cells (first time only)") as show:
-        show(0.0, "neighbour graph")
-        adata = _adata_with_graph(run_id, key, _latent)
-        eemb.umap(adata, seed=SEED, on_progress=steps(show, 0.3, 1.0, "layout"))
-    return np.asarray(adata.obsm["X_umap"], dtype=np.float32)
+def _umap(run_id: str, key: str, latent: np.ndarray) -> np.ndarray:
+    return _first_view(run_id, key, latent)[1]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -449,14 +446,9 @@ def _uncorrected(key: str, _filtered: ad.AnnData) -> tuple[np.ndarray, np.ndarra
 @st.cache_data(show_spinner=False, max_entries=8)
 def _metrics(rep: str, run_id: str, key: str, batch_key: str, resolution: float, _rep: np.ndarray,
              _batch: np.ndarray, _labels: np.ndarray) -> ebm.BatchMetrics:
-    adata = ad.AnnData(obs=pd.DataFrame({"batch": pd.Categorical(_batch),
-                                         "label": pd.Categorical(_labels)},
-                                        index=pd.RangeIndex(len(_batch)).astype(str)))
-    adata.obsm["rep"] = np.asarray(_rep, dtype=np.float32)
     where = "the uncorrected data" if rep == "X_pca" else "the scVI latent"
     with progress_bar(f"Batch-mixing scores of {where}") as show:
-        show(0.1, "neighbours, entropy, iLISI and silhouettes")
-        return ebm.batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
+        return run_long(batch_metrics_job, _rep, _batch, _labels, show=show)
 
 
 def batch_comparison(state: AppState, run) -> BatchComparison:

@@ -1,22 +1,24 @@
-"""Long computations of the pages (t-SNE, the batch panel's uncorrected view, markers) on the Dask cluster.
+"""Long computations of the pages on the Dask cluster: first view, t-SNE, batch panel, DE, markers.
 
 Training already runs on the cluster's workers (:mod:`dashboard.jobs`). These computations take
 seconds at 12k cells but minutes at atlas scale, so they go there too, and the server keeps
-answering other sessions meanwhile. What stays in the server, and why: the steps that must answer
-in well under a second and reuse its caches (colours, Leiden at a new resolution, DE
-re-thresholding), the first view's neighbour graph and UMAP (the graph is shared with Leiden in the
-server's cache; at 12k cells they take 2-3 s) and one two-group DE (bounded by its subsample of at
-most 500 cells per group, whatever the atlas size).
+answering other sessions meanwhile: the latent's kNN graph with its UMAP (the graph comes back and
+stays in the server's cache for Leiden), the t-SNE, the batch panel (uncorrected PCA, graph and
+UMAP; the batch-mixing scores), a two-group DE and the markers of every group (both load the run
+from the shared run cache by its id, once per worker process). What stays in the server: the steps
+that must answer in well under a second from its caches (colours, Leiden at a new resolution on the
+cached graph, DE re-thresholding).
 
 :func:`run_long` submits ``job(*args, on_progress=...)`` to the job board's cluster when it is up,
 and follows the worker's progress through Dask events (the latest fraction and step is all a
-progress bar needs); with no cluster ready (it starts with the first visit to the
-Train page), or with ``ATLAS_LONG_JOBS=server``, it runs the job here. The job functions below are
-module-level and import no Streamlit, so a worker imports them by name.
+progress bar needs); with no cluster ready (it starts with the first visit to the Train page), or
+with ``ATLAS_LONG_JOBS=server``, it runs the job here. The job functions below are module-level and
+import no Streamlit, so a worker imports them by name.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -39,6 +41,19 @@ Progress = Callable[[float, str], None]
 
 
 # ---- the jobs (run on a worker, or here) ---------------------------------------------------------
+def first_view_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> tuple:
+    """The kNN graph of a latent space and its UMAP: ``(distances, connectivities, params, coords)``."""
+    from engine.analysis import embedding as eemb
+    from engine.analysis.neighbors import neighbors
+
+    adata = ad.AnnData(obsm={"X_scVI": np.asarray(latent, dtype=np.float32)}, shape=(len(latent), 0))
+    on_progress(0.0, "neighbour graph")
+    neighbors(adata, use_rep="X_scVI", seed=seed)
+    eemb.umap(adata, seed=seed, on_progress=lambda f: on_progress(0.3 + 0.7 * f, "layout"))
+    return (adata.obsp["distances"], adata.obsp["connectivities"], dict(adata.uns["neighbors"]["params"]),
+            np.asarray(adata.obsm["X_umap"], dtype=np.float32))
+
+
 def tsne_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> np.ndarray:
     """t-SNE of a latent space (cells x dimensions): ``(n_cells, 2)`` float32."""
     from engine.analysis import embedding as eemb
@@ -62,16 +77,46 @@ def uncorrected_job(adata: ad.AnnData, *, seed: int, on_progress: Progress) -> t
     return adata.obsm["X_pca"], np.asarray(adata.obsm["X_umap"], dtype=np.float32)
 
 
-def markers_job(cache_dir: str, run_id: str, adata: ad.AnnData, *, groupby: str, on_progress: Progress):
-    """Markers of every group of ``adata.obs[groupby]`` with the cached run ``run_id`` (loaded here)."""
-    from engine.analysis.markers import find_markers
+def batch_metrics_job(rep: np.ndarray, batch: np.ndarray, labels: np.ndarray, *, on_progress: Progress):
+    """Batch-mixing scores (:func:`engine.analysis.batch_metrics.batch_mixing`) of a representation."""
+    import pandas as pd
+
+    from engine.analysis.batch_metrics import batch_mixing
+
+    adata = ad.AnnData(obs=pd.DataFrame({"batch": pd.Categorical(batch), "label": pd.Categorical(labels)},
+                                        index=pd.RangeIndex(len(batch)).astype(str)))
+    adata.obsm["rep"] = np.asarray(rep, dtype=np.float32)
+    on_progress(0.1, "neighbours, entropy, iLISI and silhouettes")
+    return batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
+
+
+@functools.lru_cache(maxsize=4)
+def _run(cache_dir: str, run_id: str):
+    """A cached run, loaded once per process that runs jobs (runs are never changed once saved)."""
     from engine.runs.storage import load_run
 
     run = load_run(cache_dir, run_id)
     if run is None:
         raise ValueError(f"Run {run_id} is not in the run cache {cache_dir}: train it again on the Train page.")
-    return find_markers(run, adata, groupby=groupby,
+    return run
+
+
+def markers_job(cache_dir: str, run_id: str, adata: ad.AnnData, *, groupby: str, on_progress: Progress):
+    """Markers of every group of ``adata.obs[groupby]`` with the cached run ``run_id`` (loaded here)."""
+    from engine.analysis.markers import find_markers
+
+    return find_markers(_run(cache_dir, run_id), adata, groupby=groupby,
                         on_progress=lambda done: on_progress(done, "scVI DE and a Wilcoxon test per group"))
+
+
+def de_job(cache_dir: str, run_id: str, adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray,
+           mode: str, batch_correction: bool, on_progress: Progress):
+    """Two-group scVI DE of ``adata`` (the run's genes) with the cached run ``run_id`` (loaded here)."""
+    from engine.analysis.de import differential_expression
+
+    return differential_expression(
+        _run(cache_dir, run_id), adata, group1=group1, group2=group2, mode=mode, batch_correction=batch_correction,
+        on_progress=lambda done: on_progress(done, "sampling the model's posterior, then the fold changes"))
 
 
 # ---- where they run ------------------------------------------------------------------------------

@@ -120,13 +120,14 @@ def test_the_local_cluster_is_quiet_when_idle_and_ready_for_the_first_job(board)
     assert compute.client.run_on_scheduler(lambda: "engine.runs.remote" in sys.modules)
 
 
-def test_long_jobs_run_on_a_worker_with_their_progress_here(board):
-    """t-SNE and the batch panel's uncorrected view run as tasks of the cluster; the progress reaches the caller."""
+def test_long_jobs_run_on_a_worker_with_their_progress_here(board, kang_small_path):
+    """The first view, t-SNE, the batch panel's uncorrected view and a DE run as tasks of the cluster."""
     import anndata as ad
     import numpy as np
     import scipy.sparse as sp
 
-    from dashboard.long_jobs import run_long, tsne_job, uncorrected_job
+    from dashboard.long_jobs import de_job, first_view_job, run_long, tsne_job, uncorrected_job
+    from engine.runs.fit import fit
 
     compute = board.compute()
     rng = np.random.default_rng(0)
@@ -144,8 +145,26 @@ def test_long_jobs_run_on_a_worker_with_their_progress_here(board):
     adata.layers["counts"] = counts.astype(np.float32)
     pca, umap = run_long(uncorrected_job, adata, seed=0, show=lambda f, step: None, compute=compute)
     assert pca.shape[0] == 300 and umap.shape == (300, 2)
+    distances, connectivities, params, umap = run_long(first_view_job, latent, seed=0, show=lambda f, s: None,
+                                                      compute=compute)
+    assert distances.shape == connectivities.shape == (300, 300) and umap.shape == (300, 2)
+    assert params["n_neighbors"] == 15
+
+    # a DE with a run the worker loads from the shared run cache by its id
+    cells = read_counts(kang_small_path)
+    run = fit(cells, params=RunParams(max_epochs=2, seed=0), cache_dir=board.cache_dir)
+    b_cells = (cells.obs["cell_type"] == "B cells").to_numpy()
+    result = run_long(de_job, str(board.cache_dir), run.run_id, cells[:, list(run.var_names)].copy(),
+                      group1=b_cells, group2=~b_cells, mode="change", batch_correction=False,
+                      show=lambda f, s: None, compute=compute)
+    table = result.table()
+    assert len(table) == len(run.var_names) and table.loc[table["gene"] == "CD79A", "lfc_mean"].item() > 0
+    with pytest.raises(ValueError, match="not in the run cache"):
+        run_long(de_job, str(board.cache_dir), "0" * 20, cells, group1=b_cells, group2=~b_cells, mode="change",
+                 batch_correction=False, show=lambda f, s: None, compute=compute)
+
     prefixes = compute.client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert {"tsne_job", "uncorrected_job"} <= set(prefixes)
+    assert {"first_view_job", "tsne_job", "uncorrected_job", "de_job"} <= set(prefixes)
 
 
 def test_a_second_attempt_of_a_killed_submission_fails_with_advice(tmp_path):
