@@ -36,6 +36,17 @@ def obs_columns_table(summary: eio.DatasetSummary) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["column", "type", "categories"])
 
 
+# A load message naming where in the file something came from speaks AnnData (X, layers['counts'],
+# var['gene_symbol'], .raw): it goes to the "for scanpy users" detail, the rest is for everyone.
+_ANNDATA_WORDS = re.compile(r"\b(?:X|raw)\b|\.raw\b|\b(?:layers|var|obs|obsm|uns)\[")
+
+
+def split_load_messages(messages: list[str]) -> tuple[list[str], list[str]]:
+    """The load report's messages for everyone (cells dropped, names made unique) and for scanpy users."""
+    technical = [m for m in messages if _ANNDATA_WORDS.search(m)]
+    return [m for m in messages if m not in technical], technical
+
+
 def categorical_columns(adata: ad.AnnData, *, max_values: int, min_values: int = 2) -> list[str]:
     """Obs columns of labels (categorical, text or bool) with ``min_values`` to ``max_values`` values.
 

@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import loading
 from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
 from dashboard.state import get_state
-from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table
+from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table, split_load_messages
 from engine.preprocessing import qc as eqc
 from engine.reading import load as eio
 
@@ -69,13 +69,16 @@ with st.container(border=True):
     c1.metric("Cells", f"{summary.n_cells:,}")
     c2.metric("Genes", f"{summary.n_genes:,}")
     c3.metric("Sparsity", f"{summary.sparsity:.1%} zeros")
-    c4.metric("Counts found in", summary.counts_source)
-    for message in report.get("messages", []):
+    c4.metric("Cell annotations", f"{len(summary.obs_columns):,}")
+    for_everyone, for_scanpy_users = split_load_messages(list(report.get("messages", [])))
+    for message in for_everyone:
         st.info(message, icon=":material/info:")
+    with st.expander("For scanpy users: where in the file things were found"):
+        st.markdown(f"Raw counts: `{summary.counts_source}`.  \n" + "  \n".join(for_scanpy_users))
 
     left, right = st.columns(2)
     with left:
-        st.markdown("**Cell annotations (obs columns)**")
+        st.markdown("**Cell annotations**")
         st.dataframe(obs_columns_table(summary), hide_index=True, width="stretch")
     with right:
         candidates = list(report.get("symbol_candidates", []))

@@ -45,7 +45,13 @@ def app() -> AppTest:
 def test_app_starts_with_the_sample_loaded(app):
     assert metric(app, "Cells") == "12,261"
     assert metric(app, "Genes") == "1,287"
-    assert metric(app, "Counts found in") == "X"
+    annotations = next(d.value for d in app.dataframe if list(d.value.columns) == ["column", "type", "categories"])
+    assert metric(app, "Cell annotations") == str(len(annotations))
+    assert {"donor", "cell_type"} <= set(annotations["column"])
+    # where the counts and the names came from (AnnData words) is told only in the scanpy detail
+    detail = next(e for e in app.expander if e.label.startswith("For scanpy users"))
+    assert "Raw counts: `X`" in detail.markdown[0].value and "var['gene_symbol']" in detail.markdown[0].value
+    assert not any("var['" in i.value or "taken from X" in i.value for i in app.info)
     state = state_of(app)
     assert state.filtered.n_obs == 12_261
     # Ensembl ids in var_names; the page shows symbols from var["gene_symbol"]

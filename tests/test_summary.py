@@ -11,3 +11,15 @@ def test_batch_key_defaults_to_a_column_named_like_a_batch():
     assert default_batch_key(["technology"]) == "technology"
     assert default_batch_key(["resample_flag", "cell_type"]) is None  # a word inside another word
     assert default_batch_key([]) is None
+
+
+def test_load_messages_in_anndata_words_go_to_the_scanpy_detail():
+    from dashboard.summary import split_load_messages
+
+    messages = ["Counts were taken from X.", "Gene names are shown from var['gene_symbol'].",
+                "Counts were taken from layers['counts'] (X looks log-normalised).",
+                "12 cells with no counts at all were dropped.",
+                "3 duplicated gene names were made unique (e.g. TBCE, TBCE-1)."]
+    everyone, scanpy_users = split_load_messages(messages)
+    assert everyone == messages[3:]
+    assert scanpy_users == messages[:3]
