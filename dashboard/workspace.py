@@ -17,10 +17,13 @@ run cache (:mod:`engine.runs.annotations`), not only in the session:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from dashboard import loading
@@ -30,9 +33,12 @@ from engine.preprocessing.qc import QCThresholds
 from engine.runs import records as ecache
 from engine.runs.annotations import AnnotationStore
 
-__all__ = ["Snapshot", "clustering", "dataset_record", "open_link", "store", "job_in_progress", "sync", "view_params"]
+__all__ = ["Snapshot", "clustering", "dataset_record", "job_in_progress", "keep_result", "kept_results",
+           "link_choice", "open_link", "store", "sync", "view_params"]
 
 EMBEDDINGS = ("UMAP", "t-SNE")
+DE_PARAMS = ("groupby", "group1", "group2")
+_LINK_VIEW = "atlas_link_view"
 COLOUR_SOURCES = {"Cluster": None, "Annotation": "explore_annotation", "QC metric": "explore_qc",
                   "Gene": "explore_gene"}
 
@@ -196,7 +202,12 @@ def open_link(state: AppState, rid: str, params: Mapping[str, str]) -> None:
 
 
 def restore_view(state: AppState, params: Mapping[str, str]) -> None:
-    """Put the view a URL names into the Explore page's widgets (before they are drawn)."""
+    """Put the view a URL names into the Explore page's widgets (before they are drawn).
+
+    The groups a DE link compares wait in the session until the DE page knows its options
+    (:func:`link_choice`).
+    """
+    st.session_state[_LINK_VIEW] = {k: params[k] for k in DE_PARAMS if params.get(k)}
     embedding = params.get("embedding")
     if embedding in EMBEDDINGS:
         st.session_state["explore_embedding"] = embedding
@@ -224,10 +235,43 @@ def view_params(state: AppState, *, embedding: str, source: str, name: str = "")
     return params
 
 
+def link_choice(key: str, param: str, options: list[str]) -> None:
+    """Before a choice widget is drawn: take its value from the link the session opened, once."""
+    pending = st.session_state.get(_LINK_VIEW)
+    if isinstance(pending, dict) and pending.get(param) in options:
+        st.session_state[key] = pending.pop(param)
+
+
 def set_url(params: Mapping[str, str]) -> None:
     """Make the browser's URL carry ``params`` (only when they changed: each change is a message)."""
     if any(st.query_params.get(k) != v for k, v in params.items()):
         st.query_params.update(params)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return json.loads(value.to_json(orient="records"))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray, pd.Index)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def keep_result(state: AppState, kind: str, key: str, table: pd.DataFrame, params: Mapping) -> None:
+    """Keep a DE or marker result (its parameters and its table) with the active run on the server."""
+    if state.active_run_id is None:
+        return
+    store().put(state.active_run_id, kind, key, {"params": _jsonable(params), "table": _jsonable(table)})
+
+
+def kept_results(rid: str, kind: str) -> dict[str, dict]:
+    """The DE (``kind="de"``) or marker results kept with run ``rid``, oldest first."""
+    return store().items(rid, kind)
 
 
 def job_in_progress(rid: str) -> bool:

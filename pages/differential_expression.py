@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import de as dede
-from dashboard import explore
+from dashboard import explore, workspace
 from dashboard.active_run import require_active_run
 from dashboard.de_figures import (
     Y_TITLES,
@@ -64,12 +64,15 @@ with st.spinner("Clustering the cells (once per run and resolution)..."):
 with st.container(border=True):
     st.subheader("Groups")
     sources = list(labels) + ([dede.LASSO] if state.cell_groups else [])
+    workspace.link_choice("de_groupby", "groupby", sources)
     groupby = st.selectbox("Compare groups of", sources, key="de_groupby",
                            help="Leiden clusters (named on the Explore page), an annotation of the "
                                 "cells, or groups drawn with the lasso on the Explore page.")
     values = dede.group_values(labels, groupby, state.cell_groups)
     c1, c2 = st.columns(2)
+    workspace.link_choice("de_group1", "group1", values)
     group1 = c1.selectbox("Group 1", values, key="de_group1")
+    workspace.link_choice("de_group2", "group2", [dede.REST] + [v for v in values if v != group1])
     group2 = c2.selectbox("Group 2", [dede.REST] + [v for v in values if v != group1], key="de_group2",
                           help="'rest' is every other cell.")
     within = None
@@ -142,6 +145,14 @@ st.caption(f"{result.n_cells_1:,} vs {result.n_cells_2:,} cells ({result.n_sampl
            f"{'on' if result.batch_correction else 'off'} · {result.n_pairs:,} posterior pairs")
 for note in result.warnings:
     st.warning(note)
+# The page's URL opens this comparison's groups in any browser; the result is kept with the run.
+workspace.set_url({"run": run.run_id, "groupby": request.comparison.groupby,
+                   "group1": request.comparison.group1, "group2": request.comparison.group2})
+if pressed:
+    workspace.keep_result(state, "de", f"{request.comparison.describe()} ({result.mode})",
+                          result.table(delta=session.delta, fdr=session.fdr),
+                          dede.provenance(request, result, delta=session.delta, fdr=session.fdr,
+                                          dataset=state.dataset.name))
 
 
 @st.fragment

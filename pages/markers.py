@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import de as dede
 from dashboard import export as dexport
 from dashboard import markers as dmark
+from dashboard import workspace
 from dashboard.active_run import require_active_run
 from dashboard.marker_figures import dotplot, heatmap
 from dashboard.progress import progress_bar
@@ -64,6 +65,10 @@ try:
 except ValueError as err:
     st.error(f"These markers cannot be shown any more: {err}")
     st.stop()
+if pressed:  # kept with the run on the server, with how it was made
+    workspace.keep_result(state, "markers", request.groupby, result.table,
+                          dmark.provenance(result, run_id=run.run_id, groupby=request.groupby,
+                                           dataset=state.dataset.name))
 for group, reason in result.skipped.items():
     st.warning(f"{group}: {reason}")
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import run_comparison, training
+from dashboard import run_comparison, training, workspace
 from dashboard.figures import elbo_curve, preview_scatter
 from dashboard.startup import start_warm_up
 from dashboard.state import get_state
@@ -132,6 +132,7 @@ with st.container(border=True):
             st.rerun()
         if b2.button("Delete", disabled=chosen is None):
             training.delete_run(state, chosen.run_id)
+            workspace.store().delete_run(chosen.run_id)  # its names, groups and results too
             st.rerun()
         if state.active_run_id:
             st.caption(f"Active run: {state.active_run_id[:10]}")

@@ -101,3 +101,23 @@ def test_kept_uploads_expire(tmp_path, monkeypatch):
     assert loading.remove_old_uploads(tmp_path) == ["a.h5ad"]
     assert new.exists() and not old.exists()
     assert np.isclose(loading.upload_days(), 2)
+
+
+def test_de_and_marker_results_are_kept_with_their_parameters(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from dashboard.state import AppState
+
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path))
+    state = AppState()
+    table = pd.DataFrame({"gene": ["CD79A", "MS4A1"], "lfc_mean": [3.5, np.float32(2.25)]})
+    params = {"run_id": "r1", "delta": 0.25, "groups": ("B", "T"),
+              "n_cells": pd.DataFrame({"group": ["B"], "n_cells": [np.int64(140)]})}
+    ws.keep_result(state, "de", "B vs rest (change)", table, params)  # no active run: nothing kept
+    assert ws.kept_results("r1", "de") == {}
+    state.active_run_id = "r1"
+    ws.keep_result(state, "de", "B vs rest (change)", table, params)
+    kept = ws.kept_results("r1", "de")["B vs rest (change)"]
+    assert kept["params"] == {"run_id": "r1", "delta": 0.25, "groups": ["B", "T"],
+                              "n_cells": [{"group": "B", "n_cells": 140}]}
+    pd.testing.assert_frame_equal(pd.DataFrame(kept["table"]), table, check_dtype=False)
