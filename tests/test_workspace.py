@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard import de as dede
 from dashboard import explore as ex
 from dashboard import loading
 from dashboard import workspace as ws
@@ -63,6 +64,13 @@ def test_a_link_opens_the_run_with_its_names_and_groups_in_a_new_session(run_cac
     assert list(state_b.cell_groups) == ["my lasso"]
     assert set(state_b.cell_groups["my lasso"]) == set(cells)
     assert not [i.value for i in b.info if "Train a model" in i.value]
+
+    # A DE link names the groups compared: a new session opens the DE page with them chosen.
+    c = _session()
+    c.query_params.update({"run": run.run_id, "groupby": dede.LASSO, "group1": "my lasso"})
+    c.switch_page("../pages/differential_expression.py").run()
+    assert not c.exception, c.exception
+    assert c.session_state["de_groupby"] == dede.LASSO and c.session_state["de_group1"] == "my lasso"
 
     # Changes by one session reach the other on its next rerun; a deletion too.
     ex.delete_group(state_b, "my lasso")
