@@ -48,7 +48,7 @@ if not state.link_checked:
                 try:
                     workspace.open_link(state, link, st.query_params.to_dict())
                 except (ValueError, OSError) as err:
-                    state.load_error = str(err)
+                    state.link_error = (link, f"The link's run could not be opened. {err}")
     elif link:
         state.watched_job = link
         if not workspace.job_in_progress(link):
@@ -63,6 +63,8 @@ if state.dataset is None and state.load_error is None:
 
 if state.missing_run is not None and st.query_params.get("run") == state.missing_run:
     workspace.missing_run_notice(state.missing_run)
+if state.link_error is not None and st.query_params.get("run") == state.link_error[0]:
+    st.warning(state.link_error[1], icon=":material/link_off:")
 
 def dataset_line(slot) -> None:
     """The dataset's name and size in the sidebar."""

@@ -70,6 +70,7 @@ class AppState:
     # run id of a link whose run is not in the cache (the page says so).
     link_checked: bool = False
     missing_run: str | None = None
+    link_error: tuple[str, str] | None = None  # (run id, why the link's run could not be opened)
     # (run id, filtered_key) pairs whose t-SNE this session asked for (then cached and exported).
     tsne_requested: set[tuple[str, str]] = field(default_factory=set)
 

@@ -97,6 +97,22 @@ def test_a_link_to_a_run_that_is_gone_says_so_and_lists_the_runs(run_cache, monk
     assert "0123456789" in warning
 
 
+def test_a_link_to_a_run_whose_data_is_unknown_says_what_to_do(run_cache):
+    rid = "feedfacefeedfacefeed"
+    (run_cache / rid).mkdir()
+    (run_cache / rid / "run.json").write_text("{}")
+    try:
+        at = _session()
+        at.query_params["run"] = rid
+        at.run()
+        assert not at.exception, at.exception
+        assert any("how its data was opened is not known" in w.value for w in at.warning)
+        assert at.session_state["atlas_state"].dataset is not None  # the sample, as on any first visit
+    finally:
+        (run_cache / rid / "run.json").unlink()
+        (run_cache / rid).rmdir()
+
+
 def test_kept_uploads_expire(tmp_path, monkeypatch):
     import os
     import time
