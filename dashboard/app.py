@@ -42,6 +42,8 @@ page = st.navigation(pages)
 if not state.link_checked:
     state.link_checked = True
     link = st.query_params.get("run")
+    if link and not workspace.is_run_id(link):
+        link = None  # not a run id (a run id is hex): never used as a path or shown
     if link and ecache.has_run(cache_dir(), link):
         if link != state.active_run_id:
             with st.spinner(f"Opening run {link[:10]} from the link: reading its data..."):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from engine.preprocessing.qc import QCThresholds
 from engine.runs import records as ecache
 from engine.runs.annotations import AnnotationStore
 
-__all__ = ["Snapshot", "clustering", "dataset_record", "job_in_progress", "keep_result", "kept_results",
+__all__ = ["Snapshot", "clustering", "dataset_record", "is_run_id", "job_in_progress", "keep_result", "kept_results",
            "link_choice", "open_link", "store", "sync", "view_params"]
 
 EMBEDDINGS = ("UMAP", "t-SNE")
@@ -272,6 +273,11 @@ def keep_result(state: AppState, kind: str, key: str, table: pd.DataFrame, param
 def kept_results(rid: str, kind: str) -> dict[str, dict]:
     """The DE (``kind="de"``) or marker results kept with run ``rid``, oldest first."""
     return store().items(rid, kind)
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` looks like a run id (hex digits only), before it is used as a folder name."""
+    return bool(re.fullmatch(r"[0-9a-f]{8,64}", text or ""))
 
 
 def job_in_progress(rid: str) -> bool:

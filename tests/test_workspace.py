@@ -113,6 +113,11 @@ def test_a_link_to_a_run_whose_data_is_unknown_says_what_to_do(run_cache):
         (run_cache / rid).rmdir()
 
 
+def test_only_hex_run_ids_are_taken_from_links():
+    assert ws.is_run_id("0123456789abcdef0123")
+    assert not ws.is_run_id("../../etc") and not ws.is_run_id("") and not ws.is_run_id("ABC[x](y)")
+
+
 def test_kept_uploads_expire(tmp_path, monkeypatch):
     import os
     import time
