@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import dask
 import psutil
@@ -65,14 +66,14 @@ CAPACITY_TTL = 1.0  # seconds a count of the cluster's job slots is reused
 # statistical profiler sampling every 10 ms, a GIL monitor, memory checks ten times a second. On
 # 2 cores that alone cost 8-11 % of a core with nothing running (BENCHMARKS.md, "Compute layer").
 # A job here lasts seconds to hours, so these settle for a look every second or so.
-QUIET_CONFIG: Mapping[str, object] = {
+QUIET_CONFIG: Mapping[str, object] = MappingProxyType({
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.admin.system-monitor.gil.enabled": False,
     "distributed.worker.profile.enabled": False,
     "distributed.worker.memory.monitor-interval": "500ms",
     "distributed.scheduler.work-stealing-interval": "1s",
-}
+})
 
 
 def worker_environ(torch_threads: int) -> dict[str, str]:

@@ -18,7 +18,6 @@ import no Streamlit, so a worker imports them by name.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -32,12 +31,14 @@ import numpy as np
 if TYPE_CHECKING:
     from dashboard.compute import Compute
 
+    Progress = Callable[[float, str], None]  # (fraction done, what is being done)
+
 logger = logging.getLogger(__name__)
 
 WHERE_ENV = "ATLAS_LONG_JOBS"  # "cluster" (default) or "server"
 POLL_SECONDS = 0.25
+RUNS_PER_WORKER = 4  # loaded runs a worker keeps for the next DE or markers job
 
-Progress = Callable[[float, str], None]
 
 
 # ---- the jobs (run on a worker, or here) ---------------------------------------------------------
@@ -90,12 +91,25 @@ def batch_metrics_job(rep: np.ndarray, batch: np.ndarray, labels: np.ndarray, *,
     return batch_mixing(adata, rep="rep", batch_key="batch", label_key="label")
 
 
-@functools.lru_cache(maxsize=4)
 def _run(cache_dir: str, run_id: str):
-    """A cached run, loaded once per process that runs jobs (runs are never changed once saved)."""
-    from engine.runs.storage import load_run
+    """A cached run: loaded once per worker process (kept on the worker), or the server's cached copy."""
+    from distributed import get_worker
 
-    run = load_run(cache_dir, run_id)
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker: the server's own cache of loaded runs
+        from dashboard.training import load_run
+
+        run = load_run(run_id)
+    else:
+        from engine.runs.storage import load_run
+
+        runs = worker.__dict__.setdefault("_atlas_runs", {})  # this worker process's runs (never changed)
+        if (cache_dir, run_id) not in runs:
+            if len(runs) >= RUNS_PER_WORKER:
+                runs.pop(next(iter(runs)))
+            runs[cache_dir, run_id] = load_run(cache_dir, run_id)
+        run = runs[cache_dir, run_id]
     if run is None:
         raise ValueError(f"Run {run_id} is not in the run cache {cache_dir}: train it again on the Train page.")
     return run
