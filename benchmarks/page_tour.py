@@ -122,7 +122,7 @@ def tour(t: Tour, url: str, epochs: int | None) -> None:
 
     t.go("Export")
     t.see(re.compile("Download", re.I), "Export: the page offers downloads")
-    shown = [e.inner_text() for text in ("engine.", "obsm[", "uns[") for e in page.get_by_text(text).all()
+    shown = [e.inner_text() for text in ("engine.", "obsm[", "uns[", "var[") for e in page.get_by_text(text).all()
              if e.is_visible()]
     if shown:
         raise AssertionError(f"Export: programmer's words outside the scanpy detail: {shown}")

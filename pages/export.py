@@ -48,8 +48,8 @@ with st.container(border=True):
                                          "(the file can be reopened for DE from the command line)",
                                   "all": f"all {state.filtered.n_vars:,} genes that passed QC"}.get)
     gene_names = st.radio("Gene names", ["symbols", "ids"], horizontal=True, key="export_gene_names",
-                          format_func={"symbols": "symbols (scanpy-style; ids in var['gene_ids'])",
-                                       "ids": "Ensembl ids (symbols in var['display_name'])"}.get)
+                          format_func={"symbols": "gene symbols, e.g. CD79A (the ids are kept beside them)",
+                                       "ids": "gene ids, e.g. ENSG00000105369 (the symbols are kept beside them)"}.get)
     # What the file holds besides the run: a prepared file is offered only while these are unchanged.
     contents = (run.run_id, genes, gene_names,
                 tuple((name, len(cells)) for name, cells in state.cell_groups.items()),
