@@ -74,63 +74,71 @@ def volcano(
              "log Bayes factor %{customdata[4]:.2f}<br>"
              f"expression {g1}: " + "%{customdata[5]:.3g}<br>"
              f"expression {g2}: " + "%{customdata[6]:.3g} per 10k<extra></extra>")
-    scatter = go.Scattergl if len(table) > WEBGL_GENES else go.Scatter
-    fig = go.Figure()
+    # Traces, shapes and annotations as dicts, validated once by go.Figure: building it trace by trace
+    # and line by line validated the whole figure at each step (63 ms vs 20 ms for 1,287 genes), on
+    # every move of a threshold slider.
+    kind = "scattergl" if len(table) > WEBGL_GENES else "scatter"
+    lfc = table["lfc_mean"].to_numpy(dtype=float)
+    traces: list[dict] = []
     for name, mask, color in ((f"DE at FDR ({int(is_de.sum()):,})", is_de, DE_COLOR),
                               (f"not DE ({int((~is_de).sum()):,})", ~is_de, NOT_DE_COLOR)):
-        fig.add_trace(scatter(
-            x=table["lfc_mean"].to_numpy()[mask], y=values[mask], mode="markers", name=name,
+        traces.append(dict(
+            type=kind, x=lfc[mask], y=values[mask], mode="markers", name=name,
             customdata=customdata[mask], hovertemplate=hover,
             marker=dict(color=color, size=6, opacity=0.8, line=dict(width=0)),
             # A click selects a point; the other points keep their colour (red means DE), the
             # clicked gene is ringed instead.
             unselected=dict(marker=dict(opacity=0.8)),
         ))
+    shapes: list[dict] = []
+    annotations: list[dict] = []
     if delta is not None and delta > 0:
         for x in (-delta, delta):
-            fig.add_vline(x=x, line_dash="dash", line_color="#666", line_width=1)
+            shapes.append(dict(type="line", xref="x", yref="y domain", x0=x, x1=x, y0=0, y1=1,
+                               line=dict(dash="dash", color="#666", width=1)))
     if is_de.any():
         cut = float(values[is_de].min())
         # Labelled inside the plot on the right, clear of the y axis's ticks and title.
-        fig.add_hline(y=cut, line_dash="dot", line_color=DE_COLOR, line_width=1,
-                      annotation_text="FDR threshold", annotation_position="bottom right",
-                      annotation_font=dict(size=11, color=DE_COLOR))
+        shapes.append(dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=cut, y1=cut,
+                           line=dict(dash="dot", color=DE_COLOR, width=1)))
+        annotations.append(dict(text="FDR threshold", xref="x domain", yref="y", x=1, y=cut, xanchor="right",
+                                yanchor="top", showarrow=False, font=dict(size=11, color=DE_COLOR)))
     # Names of the top genes, stacked per side (outermost fold change highest) so that genes sharing a
     # P(DE) of 1 do not write over each other; the y axis gets headroom for the stack.
     labelled = top_genes(table, values, label_top)
+    genes = table["gene"].astype(str).to_numpy()
     for side in (1, -1):
-        rows = sorted((r for r in labelled if np.sign(table["lfc_mean"].iloc[r] or 1) == side),
-                      key=lambda r: -abs(float(table["lfc_mean"].iloc[r])))
+        rows = sorted((r for r in labelled if np.sign(lfc[r] or 1) == side), key=lambda r: -abs(lfc[r]))
         for k, row in enumerate(rows[:LABELS_PER_SIDE]):
-            fig.add_annotation(
-                x=float(table["lfc_mean"].iloc[row]), y=float(values[row]), text=str(table["gene"].iloc[row]),
+            annotations.append(dict(
+                x=float(lfc[row]), y=float(values[row]), text=str(genes[row]),
                 showarrow=True, arrowhead=0, arrowwidth=1, arrowcolor="#777", ax=side * (18 + 4 * k),
                 ay=-14 - 13 * k, xanchor="left" if side > 0 else "right", font=dict(size=11),
                 bgcolor="rgba(255,255,255,0.75)",
-            )
+            ))
+    yaxis: dict = dict(title=dict(text=Y_TITLES[y], standoff=8), automargin=True)
     if labelled:  # headroom for the stacks; the ticks stay where the values can be
         top = float(np.nanmax(values)) if len(values) else 1.0
-        fig.update_yaxes(range=[-0.03 * top, 1.4 * top])
+        yaxis["range"] = [-0.03 * top, 1.4 * top]
         if y == "proba_de":
-            fig.update_yaxes(tickvals=[0, 0.25, 0.5, 0.75, 1])
+            yaxis["tickvals"] = [0, 0.25, 0.5, 0.75, 1]
     if selected is not None and selected in table.index:
         row = table.index.get_loc(selected)
-        fig.add_trace(go.Scatter(
-            x=[table["lfc_mean"].iloc[row]], y=[values[row]], mode="markers+text",
-            name=str(table["gene"].iloc[row]), text=[str(table["gene"].iloc[row])],
+        traces.append(dict(
+            type="scatter", x=[lfc[row]], y=[values[row]], mode="markers+text",
+            name=str(genes[row]), text=[str(genes[row])],
             textposition="top center", customdata=customdata[[row]], hovertemplate=hover,
             marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
             showlegend=False,
         ))
-    fig.update_layout(
-        title=f"{g1} vs {g2}: {int(is_de.sum()):,} of {len(table):,} genes DE",
-        xaxis=dict(title=f"LFC mean (log2 {g1} / {g2})", automargin=True),
+    return go.Figure(data=traces, layout=dict(
+        title=dict(text=f"{g1} vs {g2}: {int(is_de.sum()):,} of {len(table):,} genes DE"),
+        xaxis=dict(title=dict(text=f"LFC mean (log2 {g1} / {g2})"), automargin=True),
         # automargin moves the title clear of the tick labels, in the browser and in PNG/SVG export
-        yaxis=dict(title=dict(text=Y_TITLES[y], standoff=8), automargin=True),
+        yaxis=yaxis, shapes=shapes, annotations=annotations,
         legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=70, b=10), height=480,
         clickmode="event+select", dragmode="pan",
-    )
-    return fig
+    ))
 
 
 def top_genes(table: pd.DataFrame, values: np.ndarray, n: int) -> list[int]:
