@@ -66,6 +66,7 @@ def tour(t: Tour, url: str, epochs: int | None) -> None:
     print("ok  Train: the batch key defaults to the sample's donor column")
     if page.get_by_text("Advanced").count():
         page.get_by_text("Advanced").first.click()  # the model options, to see what shows with the normal prior
+        page.wait_for_timeout(1000)  # the expander opens with an animation
     if page.get_by_text("Mixture components K", exact=False).count():
         raise AssertionError("Train: 'Mixture components K' shown with the normal prior")
     print("ok  Train: mixture components hidden with the normal prior")
