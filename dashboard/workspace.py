@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,9 @@ __all__ = ["Snapshot", "clustering", "dataset_record", "is_run_id", "job_in_prog
 EMBEDDINGS = ("UMAP", "t-SNE")
 DE_PARAMS = ("groupby", "group1", "group2")
 _LINK_VIEW = "atlas_link_view"
-COLOUR_SOURCES = {"Cluster": None, "Annotation": "explore_annotation", "QC metric": "explore_qc",
-                  "Gene": "explore_gene"}
+# The Explore page's colour sources, and the widget that names the column or gene of each.
+COLOUR_SOURCES = MappingProxyType({"Cluster": None, "Annotation": "explore_annotation",
+                                   "QC metric": "explore_qc", "Gene": "explore_gene"})
 
 
 @dataclass
