@@ -54,6 +54,10 @@ class Snapshot:
     clustering: tuple  # (run id, filtered key, resolution) the names were read for
     names: dict[str, str] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The arrays handed to the session (an edit replaces them, so `is` tells what is unchanged), and
+    # the store's stamp of the groups when read (unchanged: nothing to read again).
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    groups_stamp: tuple = ()
 
 
 def store() -> AnnotationStore:
@@ -71,15 +75,21 @@ def _res(resolution: float) -> str:
 
 
 # ---- Reading and writing a run's names and groups ----------------------------------------------
-def _push_groups(db: AnnotationStore, rid: str, old: Mapping[str, tuple], new: Mapping[str, np.ndarray]) -> None:
+def _push_groups(db: AnnotationStore, rid: str, old: Mapping[str, tuple], new: Mapping[str, np.ndarray],
+                 same: Mapping[str, np.ndarray] | None = None) -> bool:
+    """Write the groups that differ from ``old`` and delete those gone; True when anything was written."""
+    same = same or {}
     changed = {}
     for position, (name, cells) in enumerate(new.items()):
+        if same.get(name) is cells:
+            continue  # the very array read from the store: unchanged
         cells = tuple(map(str, cells))
         if old.get(name) != cells:
             changed[name] = {"cells": list(cells), "order": position}
     deleted = tuple(name for name in old if name not in new)
     if changed or deleted:
         db.put_many(rid, "group", changed, delete=deleted)
+    return bool(changed or deleted)
 
 
 def _push_names(db: AnnotationStore, rid: str, resolution: float, old: Mapping[str, str],
@@ -102,8 +112,9 @@ def sync(state: AppState) -> None:
     db = store()
     snap = state.workspace if isinstance(state.workspace, Snapshot) else None
     current = clustering(state)
+    pushed = True
     if snap is not None and snap.run_id == rid:
-        _push_groups(db, rid, snap.groups, state.cell_groups)
+        pushed = _push_groups(db, rid, snap.groups, state.cell_groups, snap.arrays)
         if state.cluster_names_for == snap.clustering:
             _push_names(db, rid, snap.clustering[2], snap.names, state.cluster_names)
     else:
@@ -119,13 +130,19 @@ def sync(state: AppState) -> None:
         record = dataset_record(state)
         if record is not None:
             db.put(rid, "dataset", "", record)
-    groups = sorted(db.items(rid, "group").items(), key=lambda kv: kv[1].get("order", 0))
+    stamp = db.stamp(rid, "group")
+    if not pushed and snap is not None and stamp == snap.groups_stamp:
+        arrays, read = snap.arrays, snap.groups  # nobody changed the groups: nothing to parse
+    else:
+        groups = sorted(db.items(rid, "group").items(), key=lambda kv: kv[1].get("order", 0))
+        arrays = {k: np.asarray(v["cells"], dtype=object) for k, v in groups}
+        read = {k: tuple(map(str, v["cells"])) for k, v in groups}
     prefix = _res(current[2])
     names = {k[len(prefix):]: str(v) for k, v in db.items(rid, "cluster_names", prefix=prefix).items()}
-    state.cell_groups = {k: np.asarray(v["cells"], dtype=object) for k, v in groups}
+    state.cell_groups = dict(arrays)
     state.cluster_names = dict(names)
     state.cluster_names_for = current
-    state.workspace = Snapshot(rid, current, dict(names), {k: tuple(map(str, v["cells"])) for k, v in groups})
+    state.workspace = Snapshot(rid, current, dict(names), read, dict(arrays), stamp)
 
 
 # ---- How to open a run's data again ------------------------------------------------------------

@@ -28,6 +28,10 @@ def test_round_trip_last_writer_wins_and_deletion(tmp_path):
     assert again.get("r1", "group", "nope", default=7) == 7
     again.put("r1", "cluster_names", "1|3", "T cells")  # the last writer wins
     assert store.get("r1", "cluster_names", "1|3") == "T cells"
+    before = store.stamp("r1", "group")
+    assert before[0] == 1 and store.stamp("r1", "group") == before
+    store.put("r1", "group", "B cells", {"cells": ["a"], "order": 0})
+    assert store.stamp("r1", "group") != before
     store.delete("r1", "group", "B cells")
     assert store.items("r1", "group") == {}
     assert store.items("r2", "group") == {"other run": {"cells": ["c"], "order": 0}}

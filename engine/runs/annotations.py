@@ -116,6 +116,14 @@ class AnnotationStore:
                 "ORDER BY updated, key", (run_id, kind, len(prefix), prefix)).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
+    def stamp(self, run_id: str, kind: str) -> tuple[int, float]:
+        """(number of items, latest write time) of one kind of a run: changes whenever they do."""
+        self._check_kind(kind)
+        with self._connect() as con:
+            count, latest = con.execute("SELECT count(*), max(updated) FROM items WHERE run_id = ? AND kind = ?",
+                                        (run_id, kind)).fetchone()
+        return int(count), float(latest or 0.0)
+
     # ---- writing -----------------------------------------------------------------------------
     def put(self, run_id: str, kind: str, key: str, value: Any) -> None:
         """Write one item (replacing it whole: the last writer wins)."""
