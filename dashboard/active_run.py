@@ -39,7 +39,8 @@ def require_active_run(state: AppState):
         st.info("Train a model or pick a run on the Train page first.", icon=":material/info:")
         st.stop()
     # The run's names and groups as kept on the server (other sessions' changes included).
-    from dashboard.workspace import sync
+    from dashboard.workspace import set_url, sync
 
     sync(state)
+    set_url({"run": run.run_id})  # the page's address opens this run in any browser
     return run

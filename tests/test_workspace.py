@@ -113,6 +113,24 @@ def test_a_link_to_a_run_whose_data_is_unknown_says_what_to_do(run_cache):
         (run_cache / rid).rmdir()
 
 
+def test_a_server_file_is_recorded_by_its_name_in_the_folder_and_read_again(kang_small_path, monkeypatch):
+    from dashboard.state import AppState
+
+    monkeypatch.setenv("ATLAS_DATA_DIR", str(kang_small_path.parent))
+    state = AppState()
+    loading.use_dataset(state, loading.read_server_file(loading.resolve_server_file(kang_small_path.name)))
+    loading.apply_settings(state, QCThresholds(min_genes=250), 1000, None)
+    record = ws.dataset_record(state)
+    assert record["source"] == "server" and record["file"] == kang_small_path.name
+    assert record["thresholds"]["min_genes"] == 250 and record["n_top_genes"] == 1000
+    again = ws._read(record)
+    assert again.adata.n_obs == state.dataset.adata.n_obs
+    monkeypatch.delenv("ATLAS_DATA_DIR")
+    assert ws.dataset_record(state) is None  # outside any allowed folder: not recorded
+    with pytest.raises(ValueError, match="switched off"):
+        ws._read(record)
+
+
 def test_only_hex_run_ids_are_taken_from_links():
     assert ws.is_run_id("0123456789abcdef0123")
     assert not ws.is_run_id("../../etc") and not ws.is_run_id("") and not ws.is_run_id("ABC[x](y)")
