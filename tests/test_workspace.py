@@ -131,6 +131,33 @@ def test_a_server_file_is_recorded_by_its_name_in_the_folder_and_read_again(kang
         ws._read(record)
 
 
+def test_sessions_saving_groups_at_once_lose_none(tmp_path, monkeypatch):
+    import threading
+
+    import anndata as ad
+    import pandas as pd
+
+    from dashboard.state import AppState
+
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path))
+    cells = [f"c{i}" for i in range(100)]
+
+    def session(n: int) -> None:
+        state = AppState(active_run_id="abcdef0123", filtered=ad.AnnData(obs=pd.DataFrame(index=cells)))
+        for i in range(10):
+            ex.save_group(state, f"s{n}-{i}", np.asarray(cells[i:i + 5], dtype=object))
+        ex.delete_group(state, f"s{n}-0")
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fresh = AppState(active_run_id="abcdef0123", filtered=ad.AnnData(obs=pd.DataFrame(index=cells)))
+    ws.sync(fresh)
+    assert set(fresh.cell_groups) == {f"s{n}-{i}" for n in range(4) for i in range(1, 10)}
+
+
 def test_only_hex_run_ids_are_taken_from_links():
     assert ws.is_run_id("0123456789abcdef0123")
     assert not ws.is_run_id("../../etc") and not ws.is_run_id("") and not ws.is_run_id("ABC[x](y)")
