@@ -61,8 +61,13 @@ class Snapshot:
 
 
 def store() -> AnnotationStore:
-    """The annotation store of the run cache."""
-    return AnnotationStore(cache_dir())
+    """The annotation store of the run cache (its tables checked once per server)."""
+    return _store(str(cache_dir()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _store(path: str) -> AnnotationStore:
+    return AnnotationStore(path)
 
 
 def clustering(state: AppState) -> tuple:

@@ -41,6 +41,17 @@ def test_round_trip_last_writer_wins_and_deletion(tmp_path):
         store.put("r1", "colour", "x", 1)
 
 
+def test_a_store_whose_file_was_removed_starts_again(tmp_path):
+    store = AnnotationStore(tmp_path)
+    store.put("r1", "group", "g", {"cells": ["a"], "order": 0})
+    (tmp_path / FILE_NAME).unlink()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / (FILE_NAME + extra)).unlink(missing_ok=True)
+    assert store.items("r1", "group") == {}
+    store.put("r1", "group", "g", {"cells": ["b"], "order": 0})
+    assert store.get("r1", "group", "g") == {"cells": ["b"], "order": 0}
+
+
 def test_format_version_is_written_and_a_newer_one_refused(tmp_path):
     assert AnnotationStore(tmp_path).format_version() == FORMAT_VERSION
     con = sqlite3.connect(tmp_path / FILE_NAME)

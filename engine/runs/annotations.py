@@ -57,6 +57,8 @@ class AnnotationStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._ready = False  # removed since (the cache cleared): create the tables again
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
