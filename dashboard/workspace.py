@@ -12,6 +12,8 @@ run cache (:mod:`engine.runs.annotations`), not only in the session:
 - :func:`open_link` does the reverse for a URL ``?run=<id>`` opened in a new session: it reads the
   data again, applies the QC settings and makes the run active, and puts the view the URL names
   (embedding, colouring, resolution) into the Explore page's widgets.
+- :func:`workspaces`, :func:`rename` and :func:`delete` serve the Data page's list of workspaces
+  (part 3): every run with what was made on it, opened like a link.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import loading
+from dashboard import loading, training
 from dashboard.state import AppState, Dataset
 from dashboard.training import cache_dir, load_run
 from engine.preprocessing.qc import QCThresholds
 from engine.runs import records as ecache
+from engine.runs import workspaces as ews
 from engine.runs.annotations import AnnotationStore
 
-__all__ = ["Snapshot", "clustering", "dataset_record", "is_run_id", "job_in_progress", "keep_result", "kept_results",
-           "link_choice", "open_link", "store", "sync", "view_params"]
+__all__ = ["Snapshot", "clustering", "dataset_record", "delete", "is_run_id", "job_in_progress", "keep_result",
+           "kept_results", "link_choice", "open_link", "rename", "store", "sync", "view_params", "workspaces"]
 
 EMBEDDINGS = ("UMAP", "t-SNE")
 DE_PARAMS = ("groupby", "group1", "group2")
@@ -135,6 +138,7 @@ def sync(state: AppState) -> None:
         record = dataset_record(state)
         if record is not None:
             db.put(rid, "dataset", "", record)
+        db.touch(rid)  # the workspace's "last used"
     stamp = db.stamp(rid, "group")
     if not pushed and snap is not None and stamp == snap.groups_stamp:
         arrays, read = snap.arrays, snap.groups  # nobody changed the groups: nothing to parse
@@ -223,7 +227,26 @@ def open_link(state: AppState, rid: str, params: Mapping[str, str]) -> None:
                          "the run (the file changed?). Pick a run on the Train page.")
     state.active_run_id = rid
     state.workspace = None
+    store().touch(rid)
     restore_view(state, params)
+
+
+def workspaces() -> list[ews.Workspace]:
+    """Every run in the cache with what was made on it, most recently used first."""
+    return ews.list_workspaces(cache_dir(), store())
+
+
+def rename(rid: str, name: str) -> str:
+    """Name run ``rid``'s workspace; ValueError with a message for the page on a bad name."""
+    return ews.rename_workspace(cache_dir(), rid, name, store())
+
+
+def delete(state: AppState, rid: str) -> None:
+    """Delete run ``rid`` and its names, groups and results (the session's active run if it was it)."""
+    training.delete_run(state, rid)
+    store().delete_run(rid)
+    if isinstance(state.workspace, Snapshot) and state.workspace.run_id == rid:
+        state.workspace = None
 
 
 def restore_view(state: AppState, params: Mapping[str, str]) -> None:

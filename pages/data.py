@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import loading
+from dashboard import loading, workspace_list
 from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
 from dashboard.state import get_state
 from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table, split_load_messages
@@ -55,6 +55,10 @@ if state.load_error:
     st.error(state.load_error, icon=":material/error:")
     if state.dataset is not None:
         st.caption(f"Still using **{state.dataset.name}**.")
+
+# ---- Workspaces: every trained run with its names, groups and results, on any dataset ------------
+with st.container(border=True):
+    workspace_list.panel(state)
 
 dataset = state.dataset
 if dataset is None:

@@ -129,10 +129,10 @@ with st.container(border=True):
         if b1.button("Make active", disabled=chosen is None,
                      help="Explore and Differential expression use the active run."):
             training.make_active(state, chosen)
+            workspace.store().touch(chosen.run_id)  # the workspace's "last used"
             st.rerun()
         if b2.button("Delete", disabled=chosen is None):
-            training.delete_run(state, chosen.run_id)
-            workspace.store().delete_run(chosen.run_id)  # its names, groups and results too
+            workspace.delete(state, chosen.run_id)  # its names, groups and results too
             st.rerun()
         if state.active_run_id:
             st.caption(f"Active run: {state.active_run_id[:10]}")

@@ -12,7 +12,9 @@ items (two groups, two clusters' names) never overwrite each other.
 Kinds used by the dashboard: ``cluster_names`` (key ``"<resolution>|<cluster id>"``, value the name),
 ``group`` (key the group's name, value ``{"cells": [...], "order": n}``), ``de`` and ``markers``
 (key a description of the comparison, value its parameters and table as records) and ``dataset``
-(key ``""``: how to read the run's data again and the QC settings that produced its cells).
+(key ``""``: how to read the run's data again and the QC settings that produced its cells) and
+``workspace`` (key ``"name"``: the name the user gave the run's workspace; key ``"opened"``: when a
+session last opened the run, see :meth:`AnnotationStore.touch`).
 
 The file carries a format version (table ``meta``); a store written by a newer format is refused
 rather than misread.
@@ -33,7 +35,7 @@ __all__ = ["FORMAT_VERSION", "FILE_NAME", "AnnotationStore", "StoreFormatError"]
 
 FORMAT_VERSION = 1
 FILE_NAME = "annotations.sqlite"
-KINDS = ("cluster_names", "group", "de", "markers", "dataset")
+KINDS = ("cluster_names", "group", "de", "markers", "dataset", "workspace")
 # How long a writer waits for another writer's transaction before giving up (seconds).
 BUSY_TIMEOUT = 30.0
 
@@ -126,6 +128,24 @@ class AnnotationStore:
                                         (run_id, kind)).fetchone()
         return int(count), float(latest or 0.0)
 
+    def summary(self) -> dict[str, dict[str, tuple[int, float]]]:
+        """For every run with items: kind -> (number of items, latest write time), in one query."""
+        with self._connect() as con:
+            rows = con.execute("SELECT run_id, kind, count(*), max(updated) FROM items "
+                               "GROUP BY run_id, kind").fetchall()
+        found: dict[str, dict[str, tuple[int, float]]] = {}
+        for run_id, kind, count, latest in rows:
+            found.setdefault(run_id, {})[kind] = (int(count), float(latest or 0.0))
+        return found
+
+    def values(self, kind: str, key: str) -> dict[str, Any]:
+        """The value of item ``(kind, key)`` of every run that has one: run id -> value."""
+        self._check_kind(kind)
+        with self._connect() as con:
+            rows = con.execute("SELECT run_id, value_json FROM items WHERE kind = ? AND key = ?",
+                               (kind, key)).fetchall()
+        return {run_id: json.loads(value) for run_id, value in rows}
+
     # ---- writing -----------------------------------------------------------------------------
     def put(self, run_id: str, kind: str, key: str, value: Any) -> None:
         """Write one item (replacing it whole: the last writer wins)."""
@@ -148,6 +168,10 @@ class AnnotationStore:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def touch(self, run_id: str) -> None:
+        """Note that a session opened run ``run_id`` now (its workspace's "last used")."""
+        self.put(run_id, "workspace", "opened", time.time())
 
     def delete(self, run_id: str, kind: str, key: str) -> None:
         """Remove one item (no error when absent)."""
