@@ -281,7 +281,9 @@ def _find_counts(adata: AnnData) -> tuple[sparse.csr_matrix, str, pd.DataFrame, 
 
 def _to_csr_float32(matrix) -> sparse.csr_matrix:
     if sparse.issparse(matrix):
-        csr = sparse.csr_matrix(matrix, dtype=np.float32, copy=True)
+        # No copy when the file's matrix is CSR float32 already: it is this reader's own (read from
+        # the file just now), and a copy was a second 2 GB at 1M cells.
+        csr = sparse.csr_matrix(matrix, dtype=np.float32, copy=False)
     else:
         csr = sparse.csr_matrix(np.asarray(matrix, dtype=np.float32))
     csr.eliminate_zeros()

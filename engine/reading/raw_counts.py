@@ -60,29 +60,24 @@ def check_counts(matrix, *, name: str = "The matrix") -> CountsCheck:
     n_rows, n_cols = matrix.shape
     if n_rows == 0 or n_cols == 0:
         return CountsCheck("empty", f"{name} is empty ({n_rows} cells x {n_cols} genes).")
-    values = _stored_values(matrix)
-    finite = np.isfinite(values)
-    if not finite.all():
-        n_bad = int((~finite).sum())
+    scan = _scan(_stored_values(matrix))
+    if scan.n_non_finite:
         return CountsCheck(
             "non-finite",
-            f"{name} holds {n_bad:,} NaN or infinite values: counts are always finite numbers. "
+            f"{name} holds {scan.n_non_finite:,} NaN or infinite values: counts are always finite numbers. "
             "Fix the export (missing values should be 0) and upload again.",
         )
-    nonzero = values[values != 0]
-    if nonzero.size == 0:
+    if scan.n_nonzero == 0:
         return CountsCheck(
             "empty", f"{name} holds only zeros: there are no counts to learn from."
         )
-    low = float(nonzero.min())
+    low, high, fractional = scan.low, scan.high, scan.fractional
     if low < 0:
         return CountsCheck(
             "negative",
             f"{name} holds negative values (min {low:.3g}): it looks scaled or centred, not raw "
             f"counts. {WHAT_TO_DO}",
         )
-    fractional = nonzero[np.abs(nonzero - np.rint(nonzero)) > 1e-4]
-    high = float(nonzero.max())
     if fractional.size == 0:
         return CountsCheck(
             "counts", f"{name} holds raw counts (non-negative integers, max {high:,.0f})."
@@ -102,6 +97,46 @@ def check_counts(matrix, *, name: str = "The matrix") -> CountsCheck:
             "log-transformed", f"{found}: it looks log-transformed, not raw counts. {WHAT_TO_DO}"
         )
     return CountsCheck("normalised", f"{found}: it looks normalised, not raw counts. {WHAT_TO_DO}")
+
+
+SCAN_CHUNK = 1 << 23  # values looked at a time: temporaries stay ~32 MB whatever the matrix's size
+
+
+@dataclass(frozen=True)
+class _Scan:
+    n_non_finite: int
+    n_nonzero: int
+    low: float  # smallest finite value (the smallest non-zero one when it is negative)
+    high: float  # largest finite value
+    fractional: np.ndarray  # the first (up to 1,000) non-integer values, in storage order
+
+
+def _scan(values: np.ndarray) -> _Scan:
+    """One pass over the stored values, chunk by chunk (a 1M-cell matrix holds ~260M of them).
+
+    Whole-array expressions made several temporaries of the values' size (a mask, the non-zero
+    copy, the rounded copy): 4.4 s and ~1.8 GB for 79M values; this takes one chunk's worth.
+    """
+    n_bad = n_nonzero = 0
+    low, high = np.inf, -np.inf
+    fractional: list[np.ndarray] = []
+    n_fractional = 0
+    for start in range(0, values.size, SCAN_CHUNK):
+        chunk = values[start:start + SCAN_CHUNK]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            n_bad += int((~finite).sum())
+            chunk = chunk[finite]
+        if chunk.size == 0:
+            continue
+        n_nonzero += int(np.count_nonzero(chunk))
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        if n_fractional < 1000:
+            off = chunk[np.abs(chunk - np.rint(chunk)) > 1e-4]
+            fractional.append(off[:1000 - n_fractional])
+            n_fractional += len(fractional[-1])
+    return _Scan(n_bad, n_nonzero, low, high,
+                 np.concatenate(fractional) if fractional else np.empty(0, dtype=values.dtype))
 
 
 def _stored_values(matrix) -> np.ndarray:
