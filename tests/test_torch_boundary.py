@@ -33,6 +33,10 @@ CASES = {
         "import tempfile\nfrom engine.runs.annotations import AnnotationStore\n"
         "AnnotationStore(tempfile.mkdtemp()).put('r', 'group', 'g', {'cells': ['a']})"
     ),
+    "workspace list": (
+        "import tempfile\nfrom engine.runs import workspaces\n"
+        "d = tempfile.mkdtemp()\nworkspaces.list_workspaces(d)\nworkspaces.delete_workspace(d, 'ab' * 10)"
+    ),
     "DE tables and groups": "from engine.analysis import de, wilcoxon",
     "python -m engine --help": (
         "import contextlib, io\nfrom engine.cli.main import main\n"

@@ -134,11 +134,11 @@ def test_the_data_page_lists_opens_renames_and_deletes_workspaces(run_cache, kan
     at.run()
     assert not at.exception, at.exception
     shown = _table(at).set_index("Run")
-    assert shown.loc[rid[:10], "Name"] == f"kang_small.h5ad · {rid[:10]}  (open here)"
+    assert shown.loc[rid[:10], "Name"] == f"kang_small.h5ad · {rid[:10]} (open)"
     assert shown.loc[rid[:10], "Dataset"] == "kang_small.h5ad"
-    assert shown.loc[rid[:10], ["Cluster names", "Groups", "DE results", "Marker tables"]].tolist() == [1, 1, 1, 1]
-    assert shown.loc[other[:10], ["Cluster names", "Groups", "DE results", "Marker tables"]].tolist() == [0, 0, 0, 0]
-    assert shown.loc[other[:10], "Trained"] == "2 Jan 2026, 03:04 UTC"
+    assert shown.loc[rid[:10], ["Names", "Groups", "DE", "Markers"]].tolist() == [1, 1, 1, 1]
+    assert shown.loc[other[:10], ["Names", "Groups", "DE", "Markers"]].tolist() == [0, 0, 0, 0]
+    assert shown.loc[other[:10], "Trained"] == "2 Jan 2026"
     assert list(shown.index[:2]) == [rid[:10], other[:10]]  # last used first
 
     # Open the other one: its data is loaded, its run active, and it moves to the top.
@@ -158,7 +158,7 @@ def test_the_data_page_lists_opens_renames_and_deletes_workspaces(run_cache, kan
     at.text_input(key=f"workspace_new_name_{other}").set_value("Control PBMC, second try").run()
     _button(at, "Rename").click().run()
     assert not at.exception, at.exception
-    assert _table(at).set_index("Run").loc[other[:10], "Name"] == "Control PBMC, second try  (open here)"
+    assert _table(at).set_index("Run").loc[other[:10], "Name"] == "Control PBMC, second try (open)"
 
     # Delete asks first; "Keep it" keeps it; "Delete for good" removes the run and its items.
     _button(at, "Delete...").click().run()

@@ -71,8 +71,26 @@ class AnnotationStore:
         finally:
             con.close()
 
+    @staticmethod
+    def _use_wal(con: sqlite3.Connection) -> None:
+        """Switch the file to WAL (once: it stays so).
+
+        Connections racing to do it on a new file get "database is locked" at once, without SQLite's
+        busy wait: wait and try again here instead.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    con.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _create(self, con: sqlite3.Connection) -> None:
-        con.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(con)
         con.execute("BEGIN IMMEDIATE")
         try:
             con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
