@@ -5,13 +5,16 @@ Round trip, last writer wins, deletion, format version, and concurrent writes fr
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from engine.runs.annotations import FILE_NAME, FORMAT_VERSION, AnnotationStore, StoreFormatError
+
+from .conftest import REPO
 
 
 def test_round_trip_last_writer_wins_and_deletion(tmp_path):
@@ -90,11 +93,11 @@ def test_concurrent_writes_from_threads_lose_nothing(tmp_path):
 
 
 def test_concurrent_writes_from_processes_lose_nothing(tmp_path):
-    ctx = mp.get_context("spawn")  # fresh interpreters, as separate servers or workers would be
-    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), w, 25)) for w in range(4)]
+    # Fresh interpreters, as separate servers or workers would be. Started as commands rather than
+    # with multiprocessing's spawn: after an AppTest in the same pytest process, __main__ is a
+    # Streamlit script that spawn would run again in each child.
+    code = "import sys; from tests.test_annotations import _write_many; _write_many(sys.argv[1], int(sys.argv[2]), 25)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=REPO) for w in range(4)]
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+        assert p.wait(timeout=120) == 0
     _check_after(tmp_path, 4, 25)
