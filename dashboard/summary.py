@@ -27,10 +27,15 @@ def dataset_summary(dataset: Dataset) -> eio.DatasetSummary:
     return _summarize(dataset.key, dataset.adata)
 
 
+def _kind(dtype: str) -> str:
+    """A column's dtype in words: numbers (a QC metric, a score) or labels (a cell type, a donor)."""
+    return "numbers" if re.match(r"u?int|float", dtype) else "labels"
+
+
 def obs_columns_table(summary: eio.DatasetSummary) -> pd.DataFrame:
-    """One row per obs column: its name, type and number of categories."""
+    """One row per cell annotation: its name, whether it holds numbers or labels, and how many labels."""
     rows = [
-        {"column": name, "type": dtype, "categories": "" if n is None else f"{n:,}"}
+        {"column": name, "type": _kind(str(dtype)), "categories": "" if n is None else f"{n:,}"}
         for name, n, dtype in summary.obs_columns
     ]
     return pd.DataFrame(rows, columns=["column", "type", "categories"])

@@ -23,3 +23,19 @@ def test_load_messages_in_anndata_words_go_to_the_scanpy_detail():
     everyone, scanpy_users = split_load_messages(messages)
     assert everyone == messages[3:]
     assert scanpy_users == messages[:3]
+
+
+def test_cell_annotations_are_described_as_labels_or_numbers():
+    import anndata as ad
+    import pandas as pd
+
+    from dashboard.summary import obs_columns_table
+    from engine.reading.load import summarize
+
+    adata = ad.AnnData(obs=pd.DataFrame({"donor": pd.Categorical(["a", "b", "a"]), "total_counts": [1.0, 2.0, 3.0],
+                                         "n_genes": [1, 2, 3], "flag": [True, False, True]},
+                                        index=["c1", "c2", "c3"]))
+    table = obs_columns_table(summarize(adata)).set_index("column")
+    assert table["type"].to_dict() == {"donor": "labels", "total_counts": "numbers", "n_genes": "numbers",
+                                       "flag": "labels"}
+    assert table.loc["donor", "categories"] == "2"
