@@ -28,7 +28,7 @@ from dashboard.explore_figures import (
     _fingerprint,
     category_centres,
     category_colours,
-    subsample,
+    drawn_rows,
 )
 
 _COMPONENT = st.components.v2.component(
@@ -51,15 +51,8 @@ def scatter_data(coords: np.ndarray, *, colouring: Colouring, clusters: pd.Categ
     values as float32 (NaN: no value) with their range; everything as base64 in one JSON payload.
     """
     coords = np.asarray(coords)
-    n = coords.shape[0]
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(f"coords has shape {coords.shape}; expected (n_cells, 2)")
-    if len(colouring.values) != n or len(clusters) != n:
-        raise ValueError(f"coords ({n} cells), colouring ({len(colouring.values)}) and clusters "
-                         f"({len(clusters)}) must have one entry per cell")
-    rows = subsample(n, max_points=max_points, seed=seed)
-    if len(rows) < n:
-        title = f"{title}<br><sup>random {len(rows):,} of {n:,} cells shown (seed {seed})</sup>"
+    rows, title = drawn_rows(coords, colouring=colouring, clusters=clusters, title=title,
+                             max_points=max_points, seed=seed)
     xy = coords[rows].astype(np.float32)
     clusters = pd.Categorical(clusters)
     data: dict[str, Any] = {

@@ -55,6 +55,25 @@ def subsample(n_cells: int, *, max_points: int = MAX_POINTS, seed: int = SUBSAMP
     return np.sort(np.random.default_rng(seed).choice(n_cells, max_points, replace=False))
 
 
+def drawn_rows(coords: np.ndarray, *, colouring: Colouring, clusters, title: str,
+               max_points: int = MAX_POINTS, seed: int = SUBSAMPLE_SEED) -> tuple[np.ndarray, str]:
+    """The rows a scatter draws (see :func:`subsample`) and its title, which says when it is a subsample.
+
+    Raises when ``coords`` is not ``(n_cells, 2)`` or the colouring and clusters do not have one
+    entry per cell.
+    """
+    n = coords.shape[0]
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords has shape {coords.shape}; expected (n_cells, 2)")
+    if len(colouring.values) != n or len(clusters) != n:
+        raise ValueError(f"coords ({n} cells), colouring ({len(colouring.values)}) and clusters "
+                         f"({len(clusters)}) must have one entry per cell")
+    rows = subsample(n, max_points=max_points, seed=seed)
+    if len(rows) < n:
+        title = f"{title}<br><sup>random {len(rows):,} of {n:,} cells shown (seed {seed})</sup>"
+    return rows, title
+
+
 def category_colours(n_categories: int) -> list[str]:
     """Colour of each category, by position (stable when categories are renamed), as scanpy colours them.
 
@@ -97,15 +116,8 @@ def embedding_scatter(coords: np.ndarray, *, colouring: Colouring, clusters: pd.
         ``legend_loc="on data"``); categorical colourings only.
     """
     coords = np.asarray(coords)
-    n = coords.shape[0]
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(f"coords has shape {coords.shape}; expected (n_cells, 2)")
-    if len(colouring.values) != n or len(clusters) != n:
-        raise ValueError(f"coords ({n} cells), colouring ({len(colouring.values)}) and clusters "
-                         f"({len(clusters)}) must have one entry per cell")
-    rows = subsample(n, max_points=max_points, seed=seed)
-    if len(rows) < n:
-        title = f"{title}<br><sup>random {len(rows):,} of {n:,} cells shown (seed {seed})</sup>"
+    rows, title = drawn_rows(coords, colouring=colouring, clusters=clusters, title=title,
+                             max_points=max_points, seed=seed)
     # float32 halves the bytes sent; 3 decimals are far below a pixel on any embedding scale.
     xy = np.round(coords[rows].astype(np.float32), 3)
     text = hover_text(np.asarray(clusters)[rows])

@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard.jobs import JobBoard, TrainingJob
 from dashboard.state import AppState
-from dashboard.train_form import TrainForm
+from dashboard.train_form import TrainForm, duration_text
 from engine.analysis import diagnostics as ediag
 from engine.model.params import RunParams
 from engine.preprocessing.hvg import highly_variable_genes
@@ -187,16 +187,6 @@ def _trained_on(created: str | None) -> str:
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc)
     return f"on {when.day} {when:%b %Y} at {when:%H:%M} UTC"
-
-
-def duration_text(seconds: float) -> str:
-    """A training time as people say it: "47 s", "45 min", "2 h 5 min"."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def finish_job(state: AppState, job: TrainingJob) -> None:

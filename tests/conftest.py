@@ -162,6 +162,17 @@ def app_with_active_run(run_cache: Path, kang_small_path: Path, *, batch_key: st
     return at, state, run
 
 
+def open_explore(page):
+    """Go to Explore and wait for the scatter and the clusters (first view); returns the scatter's locator."""
+    import re
+
+    page.get_by_role("link", name="Explore").click()
+    plot = page.locator(".st-key-explore_scatter .atlas-scatter")
+    plot.wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution 1")).wait_for()
+    return plot
+
+
 def train_fixture_in_browser(page, dashboard_url: str, epochs: int) -> None:
     """Open the dashboard, upload the small fixture (1,145 cells: quick on CI), train it and wait until it is active."""
     page.goto(dashboard_url)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .conftest import ARTIFACTS, train_fixture_in_browser
+from .conftest import ARTIFACTS, open_explore, train_fixture_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -17,10 +17,7 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     page = browser_page
     train_fixture_in_browser(page, dashboard_url, EPOCHS)
 
-    page.get_by_role("link", name="Explore").click()
-    plot = page.locator(".st-key-explore_scatter .atlas-scatter")
-    plot.wait_for(timeout=300_000)
-    page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution 1")).wait_for()
+    plot = open_explore(page)
     # The legend names the clusters; the canvas has points on it.
     assert plot.locator(".atlas-key .atlas-item").count() >= 2
     assert page.evaluate("""() => {

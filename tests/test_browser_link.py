@@ -10,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from .conftest import ARTIFACTS, train_fixture_in_browser
+from .conftest import ARTIFACTS, open_explore, train_fixture_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,10 +34,7 @@ def _lasso(page, plot) -> None:
 def test_a_copied_link_restores_names_and_groups_in_a_new_browser(dashboard_url, browser_page):
     page = browser_page
     train_fixture_in_browser(page, dashboard_url, EPOCHS)
-    page.get_by_role("link", name="Explore").click()
-    plot = page.locator(".st-key-explore_scatter .atlas-scatter")
-    plot.wait_for(timeout=300_000)
-    page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution 1")).wait_for()
+    plot = open_explore(page)
 
     # Name cluster 0: select its row's first cell, move to the "name" column and type. A rerun
     # still going on (the denoised decode after the first view) can swallow the keys: try again.
