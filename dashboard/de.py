@@ -28,6 +28,10 @@ from engine.analysis import wilcoxon as ewilcoxon
 CLUSTERS = "Leiden clusters"
 LASSO = "Lasso groups"
 REST = "rest"
+# The mode of a comparison made with the Wilcoxon test alone (a run without a model).
+WILCOXON = "wilcoxon"
+WILCOXON_METHOD = ("Wilcoxon rank-sum test on log1p(counts per 10,000), two-sided (normal approximation, "
+                   "tie and continuity corrected), Benjamini-Hochberg adjusted")
 # obs columns with more values than this are not offered as groups (cell ids, barcodes).
 _SESSION_KEY = "de_session"
 
@@ -63,8 +67,41 @@ class DERequest:
 
     run_id: str
     comparison: Comparison
-    mode: ede.Mode = "change"
+    mode: ede.Mode | str = "change"  # or WILCOXON, for a run without a model
     batch_correction: bool = False
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    """A two-group Wilcoxon test, the DE of a run without a model: thresholded like a scVI DE result.
+
+    :meth:`table` gives the columns the volcano and the export read: ``lfc_mean`` is the Wilcoxon
+    table's ``logfoldchange`` (log2 ratio of mean normalised expression), ``neg_log10_padj`` the
+    volcano's y, ``is_de_fdr`` the genes with an adjusted p-value under ``fdr`` and
+    ``|log2 FC| >= delta``.
+    """
+
+    raw: pd.DataFrame  # engine.analysis.wilcoxon.wilcoxon's table
+    n_cells_1: int
+    n_cells_2: int
+    mode: str = WILCOXON
+    batch_correction: bool = False
+    warnings: tuple[str, ...] = ()
+
+    def table(self, *, delta: float = 0.25, fdr: float = 0.05) -> pd.DataFrame:
+        """The test's table with the calls at these thresholds (milliseconds: nothing is recomputed)."""
+        view = self.raw.copy()
+        lfc = view["logfoldchange"].to_numpy(dtype=float)
+        padj = view["pvalue_adj"].to_numpy(dtype=float)
+        view["lfc_mean"] = lfc
+        view["neg_log10_padj"] = -np.log10(np.maximum(padj, 1e-300))
+        view["is_de_fdr"] = (padj < fdr) & (np.abs(lfc) >= delta)
+        return view
+
+    def provenance(self) -> dict[str, object]:
+        """How the table was computed, for export headers."""
+        return {"method": WILCOXON_METHOD, "n_cells_1": self.n_cells_1, "n_cells_2": self.n_cells_2,
+                "model": "none: scVI's Bayesian DE needs a trained model (Train page)"}
 
 
 @dataclass
@@ -169,7 +206,19 @@ def _differential_expression(run_id: str, key: str, mask1: np.ndarray, mask2: np
 
 def differential_expression(state: AppState, request: DERequest, mask1: np.ndarray,
                             mask2: np.ndarray, run) -> ede.DEResult:
-    """The DE of a request, computed once per run, data, groups, mode and batch correction."""
+    """The DE of a request, computed once per run, data, groups, mode and batch correction.
+
+    A request in the Wilcoxon mode (a run without a model) gives a :class:`WilcoxonResult`.
+    """
+    if request.mode == WILCOXON:
+        from engine.analysis.de import check_groups
+
+        _, _, notes = check_groups(state.filtered, group1=mask1, group2=mask2)  # too small, overlapping
+        return WilcoxonResult(wilcoxon(state, mask1, mask2, run), int(mask1.sum()), int(mask2.sum()),
+                              warnings=tuple(notes))
+    if not run.has_model:
+        raise ValueError("scVI's Bayesian differential expression needs a trained model: train one on "
+                         "the Train page, or use the Wilcoxon test.")
     return _differential_expression(request.run_id, state.filtered_key, mask1, mask2, request.mode,
                                     request.batch_correction, run_data(state.filtered, run))
 
@@ -228,7 +277,7 @@ def provenance(request: DERequest, result: ede.DEResult, *, delta: float, fdr: f
         "comparison": request.comparison.describe(),
         "group1": g1,
         "group2": g2,
-        "delta": delta if result.mode == "change" else "unused (vanilla mode)",
+        "delta": (delta if result.mode in ("change", WILCOXON) else "unused (vanilla mode)"),
         "fdr": fdr,
         **result.provenance(),
     }

@@ -15,7 +15,9 @@ import plotly.graph_objects as go
 
 from dashboard.figures import MAX_SCATTER_POINTS
 
-VolcanoY = Literal["proba_de", "bayes_factor"]
+VolcanoY = Literal["proba_de", "bayes_factor", "neg_log10_padj"]
+#: The volcano's y for a Wilcoxon table (dashboard.de.WilcoxonResult.table): -log10 adjusted p-value.
+WILCOXON_Y = "neg_log10_padj"
 
 DE_COLOR = "#D62728"
 NOT_DE_COLOR = "#B0B0B0"
@@ -27,6 +29,7 @@ Y_TITLES = {
     "proba_de": "P(DE), posterior probability",
     "bayes_factor": "|log Bayes factor|",
 }
+_ALL_Y_TITLES = {**Y_TITLES, WILCOXON_Y: "-log10 adjusted p-value (Wilcoxon)"}
 
 _MARGIN = dict(l=10, r=10, t=50, b=10)
 LABELS_PER_SIDE = 5  # gene names stacked over the volcano's up and down arms
@@ -56,6 +59,9 @@ def volcano(
 ) -> go.Figure:
     """Volcano plot of a DE table (:meth:`engine.analysis.de.DEResult.table`): LFC mean against ``y``.
 
+    With ``y=WILCOXON_Y`` it draws a Wilcoxon table (:meth:`dashboard.de.WilcoxonResult.table`):
+    log2 fold change against -log10 of the adjusted p-value.
+
     Genes with ``is_de_fdr`` are red, others grey. Dashed lines mark ``+-delta`` (pass None in
     vanilla mode, which has no delta) and the smallest ``y`` of the genes called DE, i.e. where the
     FDR threshold falls. ``selected`` (a var_name) is ringed and labelled. The ``label_top`` genes
@@ -64,16 +70,24 @@ def volcano(
     """
     values = volcano_y(table, y)
     is_de = table["is_de_fdr"].to_numpy(dtype=bool)
-    customdata = np.column_stack([
-        table.index.astype(str), table["gene"].astype(str), table["lfc_mean"], table["proba_de"],
-        table["bayes_factor"], table["mean_norm_1"], table["mean_norm_2"],
-    ])
     g1, g2 = group_names
-    hover = ("<b>%{customdata[1]}</b> (%{customdata[0]})<br>"
-             "LFC mean %{customdata[2]:.2f}<br>P(DE) %{customdata[3]:.3f}<br>"
-             "log Bayes factor %{customdata[4]:.2f}<br>"
-             f"expression {g1}: " + "%{customdata[5]:.3g}<br>"
-             f"expression {g2}: " + "%{customdata[6]:.3g} per 10k<extra></extra>")
+    if y == WILCOXON_Y:
+        customdata = np.column_stack([
+            table.index.astype(str), table["gene"].astype(str), table["lfc_mean"], table["pvalue_adj"],
+            table["score"],
+        ])
+        hover = ("<b>%{customdata[1]}</b> (%{customdata[0]})<br>log2 FC %{customdata[2]:.2f}<br>"
+                 "adjusted p %{customdata[3]:.2e}<br>Wilcoxon z %{customdata[4]:.2f}<extra></extra>")
+    else:
+        customdata = np.column_stack([
+            table.index.astype(str), table["gene"].astype(str), table["lfc_mean"], table["proba_de"],
+            table["bayes_factor"], table["mean_norm_1"], table["mean_norm_2"],
+        ])
+        hover = ("<b>%{customdata[1]}</b> (%{customdata[0]})<br>"
+                 "LFC mean %{customdata[2]:.2f}<br>P(DE) %{customdata[3]:.3f}<br>"
+                 "log Bayes factor %{customdata[4]:.2f}<br>"
+                 f"expression {g1}: " + "%{customdata[5]:.3g}<br>"
+                 f"expression {g2}: " + "%{customdata[6]:.3g} per 10k<extra></extra>")
     # Traces, shapes and annotations as dicts, validated once by go.Figure: building it trace by trace
     # and line by line validated the whole figure at each step (63 ms vs 20 ms for 1,287 genes), on
     # every move of a threshold slider.
@@ -116,7 +130,7 @@ def volcano(
                 ay=-14 - 13 * k, xanchor="left" if side > 0 else "right", font=dict(size=11),
                 bgcolor="rgba(255,255,255,0.75)",
             ))
-    yaxis: dict = dict(title=dict(text=Y_TITLES[y], standoff=8), automargin=True)
+    yaxis: dict = dict(title=dict(text=_ALL_Y_TITLES[y], standoff=8), automargin=True)
     if labelled:  # headroom for the stacks; the ticks stay where the values can be
         top = float(np.nanmax(values)) if len(values) else 1.0
         yaxis["range"] = [-0.03 * top, 1.4 * top]
@@ -133,7 +147,8 @@ def volcano(
         ))
     return go.Figure(data=traces, layout=dict(
         title=dict(text=f"{g1} vs {g2}: {int(is_de.sum()):,} of {len(table):,} genes DE"),
-        xaxis=dict(title=dict(text=f"LFC mean (log2 {g1} / {g2})"), automargin=True),
+        xaxis=dict(title=dict(text=f"{'log2 FC' if y == WILCOXON_Y else 'LFC mean'} (log2 {g1} / {g2})"),
+                   automargin=True),
         # automargin moves the title clear of the tick labels, in the browser and in PNG/SVG export
         yaxis=yaxis, shapes=shapes, annotations=annotations,
         legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=70, b=10), height=480,

@@ -31,7 +31,8 @@ import streamlit as st
 from dashboard import workspace
 from dashboard.active_run import active_run
 from dashboard.explore_figures import Colouring, embedding_scatter
-from dashboard.long_jobs import batch_metrics_job, first_view_job, run_long, tsne_job, uncorrected_job
+from dashboard.imported import saved_resolution
+from dashboard.long_jobs import batch_metrics_job, first_view_job, graph_job, run_long, tsne_job, uncorrected_job
 from dashboard.progress import progress_bar
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
@@ -41,6 +42,9 @@ from engine.preprocessing.normalize import TARGET_SUM, log_normalized
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
 Expression = Literal["observed", "denoised"]
+OWN_EMBEDDINGS = {"UMAP": "X_umap", "t-SNE": "X_tsne"}
+DENOISED_NEEDS_MODEL = ("Denoised values need a trained model, and this run was opened from a file "
+                        "without one: show the observed expression, or train a model on the Train page.")
 
 QC_METRICS = {
     "total_counts": "Total counts",
@@ -88,13 +92,20 @@ def _first_view(run_id: str, key: str, _latent: np.ndarray) -> tuple[Graph, np.n
     return Graph(distances, connectivities, params), coords
 
 
-def _latent_graph(run_id: str, key: str, latent: np.ndarray) -> Graph:
-    return _first_view(run_id, key, latent)[0]
+@st.cache_data(show_spinner=False, max_entries=8)
+def _graph(run_id: str, key: str, _latent: np.ndarray) -> Graph:
+    """The kNN graph alone, for a run that brings its own UMAP (imported from a file)."""
+    with progress_bar(f"Neighbour graph of {len(_latent):,} cells, to cluster them again (first time only)") as show:
+        return Graph(*run_long(graph_job, _latent, seed=SEED, show=show))
 
 
-def _adata_with_graph(run_id: str, key: str, latent: np.ndarray) -> ad.AnnData:
+def _latent_graph(run_id: str, key: str, latent: np.ndarray, graph_only: bool = False) -> Graph:
+    return _graph(run_id, key, latent) if graph_only else _first_view(run_id, key, latent)[0]
+
+
+def _adata_with_graph(run_id: str, key: str, latent: np.ndarray, graph_only: bool = False) -> ad.AnnData:
     adata = _latent_adata(latent, len(latent))
-    _latent_graph(run_id, key, latent).write(adata)
+    _latent_graph(run_id, key, latent, graph_only).write(adata)
     return adata
 
 
@@ -109,8 +120,9 @@ def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray) -> tuple[np.ndarray, dict]:
-    adata = _adata_with_graph(run_id, key, _latent)
+def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray,
+            graph_only: bool = False) -> tuple[np.ndarray, dict]:
+    adata = _adata_with_graph(run_id, key, _latent, graph_only)
     eclust.leiden(adata, resolution=resolution, seed=SEED)
     return adata.obs["leiden"].astype(str).to_numpy(), dict(adata.uns.get("leiden", {}))
 
@@ -118,9 +130,13 @@ def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray) -> tu
 def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
     """``(n_cells, 2)`` float32 UMAP or t-SNE of the run's latent (cached per run and data).
 
-    A t-SNE being computed shows a progress bar where it is called.
+    A run imported from a file shows the file's own ``X_umap``/``X_tsne`` when it has them. A
+    t-SNE being computed shows a progress bar where it is called.
     """
     _check(kind, Embedding, "kind")
+    own = run.embeddings.get(OWN_EMBEDDINGS[kind])
+    if own is not None:
+        return own
     if kind == "UMAP":
         return _umap(run.run_id, state.filtered_key, run.latent)
     tsne = _tsne(run.run_id, state.filtered_key, run.latent)
@@ -129,13 +145,29 @@ def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
 
 
 def tsne_computed(state: AppState, run) -> bool:
-    """Whether this session asked for the t-SNE of ``run`` (then it is cached and exported)."""
-    return (run.run_id, state.filtered_key) in state.tsne_requested
+    """Whether this session asked for the t-SNE of ``run``, or the run brings its own (then it is exported)."""
+    return "X_tsne" in run.embeddings or (run.run_id, state.filtered_key) in state.tsne_requested
+
+
+def own_clusters(state: AppState, run) -> bool:
+    """Whether the clusters shown are the run's own (an imported file's ``obs["leiden"]`` at its resolution)."""
+    return run.clusters is not None and float(state.leiden_resolution) == saved_resolution(run)
+
+
+def _leiden_of(state: AppState, run) -> tuple[np.ndarray, dict]:
+    if own_clusters(state, run):
+        return run.clusters, {"resolution": float(state.leiden_resolution), "source": "obs['leiden'] of the file"}
+    # A run with its own UMAP needs only the graph to cluster again, not a UMAP too.
+    return _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent,
+                   "X_umap" in run.embeddings)
 
 
 def leiden_clusters(state: AppState, run) -> pd.Categorical:
-    """Leiden cluster ids ("0", "1", ... largest first) at ``state.leiden_resolution`` (cached)."""
-    labels, _ = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
+    """Leiden cluster ids ("0", "1", ... largest first) at ``state.leiden_resolution`` (cached).
+
+    An imported run at the resolution of its file's clusters shows those (:func:`own_clusters`).
+    """
+    labels, _ = _leiden_of(state, run)
     # Numeric order ("2" before "10"), whatever the labels look like.
     return pd.Categorical(labels, categories=sorted(set(labels), key=lambda c: (len(c), c)))
 
@@ -259,7 +291,8 @@ def prepare_denoised(state: AppState, run) -> None:
     The Explore page calls it after everything is drawn, so that choosing "denoised" later costs
     one column like any other colour change instead of the whole decode.
     """
-    _gene_decoder(run.run_id, state.filtered_key, run, state.filtered)
+    if run.has_model:
+        _gene_decoder(run.run_id, state.filtered_key, run, state.filtered)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -285,6 +318,8 @@ def gene_expression(state: AppState, run, gene: str, *, expression: Expression =
     if expression == "observed":
         return _observed(state.filtered_key, position, filtered)
     var_name = str(filtered.var_names[position])
+    if not run.has_model:
+        raise ValueError(DENOISED_NEEDS_MODEL)
     if var_name not in set(map(str, run.var_names)):
         raise ValueError(f"The model was not trained on {gene} (it used {len(run.var_names):,} "
                          f"highly variable genes): show its observed expression, or train on more "
@@ -408,12 +443,13 @@ def explored_adata(state: AppState) -> ad.AnnData | None:
         return None
     filtered = state.filtered
     adata = filtered.copy()
-    adata.obsm["X_scVI"] = np.asarray(run.latent, dtype=np.float32)
+    representation = (run.imported or {}).get("representation", "X_scVI")
+    adata.obsm[representation] = np.asarray(run.latent, dtype=np.float32)
     adata.obsm["X_umap"] = embedding(state, run, "UMAP")
     if tsne_computed(state, run):
         adata.obsm["X_tsne"] = embedding(state, run, "t-SNE")
     adata.obs["leiden"] = cluster_labels(state, run, filtered)
-    _, params = _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent)
+    _, params = _leiden_of(state, run)
     adata.uns["leiden"] = {**params, "cluster_names": dict(state.cluster_names)}
     if state.cell_groups:
         adata.obs = pd.concat([adata.obs, group_columns(state.cell_groups, adata.obs_names,
@@ -501,6 +537,7 @@ def metrics_table(comparison: BatchComparison) -> pd.DataFrame:
 def umap_figure(state: AppState, run, *, point_size: float = 2.0) -> go.Figure:
     """The UMAP coloured by the (named) clusters, each name written over its cells: the figure to export."""
     clusters = cluster_labels(state, run, state.filtered)
+    title = "UMAP of the scVI latent space" if run.has_model else "UMAP"
     return embedding_scatter(embedding(state, run, "UMAP"), colouring=colouring(state, run, source="Cluster"),
-                             clusters=clusters.array, title="UMAP of the scVI latent space",
+                             clusters=clusters.array, title=title,
                              point_size=point_size, opacity=0.9, labels_on_data=True, show_legend=False)

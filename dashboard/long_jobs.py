@@ -55,6 +55,19 @@ def first_view_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> t
             np.asarray(adata.obsm["X_umap"], dtype=np.float32))
 
 
+def graph_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> tuple:
+    """The kNN graph of a latent space without its UMAP (for a run that brings its own).
+
+    Returns ``(distances, connectivities, params)``.
+    """
+    from engine.analysis.neighbors import neighbors
+
+    adata = ad.AnnData(obsm={"X_scVI": np.asarray(latent, dtype=np.float32)}, shape=(len(latent), 0))
+    on_progress(0.0, "neighbour graph")
+    neighbors(adata, use_rep="X_scVI", seed=seed)
+    return adata.obsp["distances"], adata.obsp["connectivities"], dict(adata.uns["neighbors"]["params"])
+
+
 def tsne_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> np.ndarray:
     """t-SNE of a latent space (cells x dimensions): ``(n_cells, 2)`` float32."""
     from engine.analysis import embedding as eemb

@@ -22,6 +22,7 @@ def panel(state: AppState, runs: list, filtered: ad.AnnData) -> None:
         st.subheader("Compare runs")
         st.caption("Held-out fit, use of the latent space, and posterior predictive checks: data "
                    "sampled from each model against the observed counts, gene by gene.")
+        runs = [r for r in runs if r.has_model]  # an imported run has no model to sample from
         labels = {r.run_id: run_label(r) for r in runs}
         default = [r.run_id for r in runs[:2]]
         selected = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)

@@ -113,6 +113,9 @@ def history_frame(history: list) -> pd.DataFrame:
 def run_label(run) -> str:
     """A short label for ``run``: the start of its id, likelihood, latent size and batch key."""
     p = run.params
+    if p is None:  # imported from a file: no model
+        representation = run.metrics.get("imported", {}).get("representation")
+        return f"{run.run_id[:8]} · opened from a file ({representation}, no model)"
     batch = f", batch {run.batch_key}" if run.batch_key else ""
     return f"{run.run_id[:8]} · {p.likelihood.upper()}, latent {p.n_latent}{batch}"
 
@@ -125,8 +128,9 @@ def runs_table(runs: list, *, active: str | None) -> pd.DataFrame:
         rows.append({
             "active": "●" if r.run_id == active else "",
             "run": r.run_id[:10],
-            "likelihood": r.params.likelihood.upper(),
-            "latent": r.params.n_latent,
+            "likelihood": (r.params.likelihood.upper() if r.params is not None
+                           else f"none: {r.metrics.get('imported', {}).get('representation')} from the file"),
+            "latent": r.params.n_latent if r.params is not None else r.metrics.get("n_latent"),
             "batch key": r.batch_key or "",
             "genes": m.get("n_genes"),
             "epochs": m.get("n_epochs_trained"),

@@ -345,9 +345,11 @@ def missing_run_notice(rid: str) -> None:
         lines.append("Runs there are:")
         for info in runs[:20]:
             p = info.params
-            lines.append(f"- [{info.run_id[:10]}](?run={info.run_id}): {p.likelihood.upper()}, "
-                         f"{p.n_latent} latent, {info.metrics.get('n_cells', '?')} cells, "
-                         f"trained {info.created[:16].replace('T', ' ')}")
+            what = (f"{p.likelihood.upper()}, {p.n_latent} latent" if p is not None
+                    else f"opened from a file ({info.metrics.get('imported', {}).get('representation')})")
+            lines.append(f"- [{info.run_id[:10]}](?run={info.run_id}): {what}, "
+                         f"{info.metrics.get('n_cells', '?')} cells, "
+                         f"{'trained' if p is not None else 'opened'} {info.created[:16].replace('T', ' ')}")
     else:
         lines.append("There are no runs in the cache: load data and train one.")
     st.warning("\n".join(lines), icon=":material/link_off:")

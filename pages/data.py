@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import loading, workspace_list
+from dashboard import imported, loading, workspace_list
 from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
 from dashboard.state import get_state
 from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table, split_load_messages
@@ -105,6 +105,31 @@ with st.container(border=True):
                 elif dataset.path:
                     load(loading.read_server_file, dataset.path, transpose=flipped)
                 st.rerun()
+
+
+# ---- An analysis saved in the file (X_scVI or X_pca, X_umap, leiden): explore it without training --
+saved = imported.saved_in(state)
+if saved is not None:
+    with st.container(border=True):
+        st.subheader("Analysis saved in this file")
+        st.markdown(f"This file holds {saved.describe()}: you can explore it without training.")
+        st.caption("It describes every cell of the file, so opening it keeps all cells: the QC "
+                   "thresholds below go back to keeping everything. Leiden at other resolutions, "
+                   "Wilcoxon differential expression and the export work from it; the model's denoised "
+                   "expression and scVI's Bayesian differential expression need a trained model "
+                   "(Train page).")
+        if st.button("Open the embedding saved in this file (no training)", type="primary",
+                     key="data_open_saved"):
+            try:
+                with st.spinner("Reading the saved representation, embedding and clusters..."):
+                    imported.open_saved(state)
+            except ValueError as err:
+                st.error(str(err), icon=":material/error:")
+        active = imported.active_imported(state)
+        if active is not None:
+            st.success(f"The saved analysis is the active run ({active.run_id[:10]}, "
+                       f"{active.latent.shape[0]:,} cells).", icon=":material/check_circle:")
+            st.page_link(imported.EXPLORE_PAGE, label="Explore it", icon=":material/scatter_plot:")
 
 
 # ---- Quality control --------------------------------------------------------------------------

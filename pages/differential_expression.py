@@ -3,9 +3,10 @@
 import streamlit as st
 
 from dashboard import de as dede
-from dashboard import explore, workspace
+from dashboard import explore, imported, workspace
 from dashboard.active_run import require_active_run
 from dashboard.de_figures import (
+    WILCOXON_Y,
     Y_TITLES,
     clicked_gene,
     concordance_scatter,
@@ -49,6 +50,25 @@ def table_config(group1: str, group2: str) -> dict:
     }
 
 
+WILCOXON_COLUMNS = ["gene", "lfc_mean", "score", "pvalue", "pvalue_adj", "is_de_fdr", "var_name"]
+
+
+def wilcoxon_config(group1: str, group2: str) -> dict:
+    """Headers of the Wilcoxon table (a run without a model), with what each number means on hover."""
+    number = st.column_config.NumberColumn
+    return {
+        "gene": st.column_config.TextColumn("Gene", pinned=True),
+        "lfc_mean": number("log2 FC", format="%.2f",
+                           help=f"log2 ratio of mean normalised expression, {group1} over {group2}."),
+        "score": number("z", format="%.2f", help=f"Wilcoxon z-score, positive when higher in {group1}."),
+        "pvalue": number("p", format="%.2e", help="Two-sided p-value of the rank-sum test."),
+        "pvalue_adj": number("adj. p", format="%.2e", help="Benjamini-Hochberg adjusted p-value."),
+        "is_de_fdr": st.column_config.CheckboxColumn(
+            "DE", help="Adjusted p-value under the FDR target and |log2 FC| at least the threshold."),
+        "var_name": st.column_config.TextColumn("Gene id"),
+    }
+
+
 state = get_state()
 session = dede.de_session()
 st.title("Differential expression")
@@ -56,6 +76,11 @@ st.caption("Compare two groups of cells with the model's Bayesian differential e
            "posterior fold changes, a volcano plot and a gene table.")
 
 run = require_active_run(state)
+if not run.has_model:
+    imported.needs_model("scVI's Bayesian differential expression and its denoised expression")
+    st.caption("This run was opened from a file without a model, so this page compares the two groups "
+               "with a Wilcoxon rank-sum test on the observed counts (log1p per 10,000), as scanpy's "
+               "rank_genes_groups does.")
 
 with st.spinner("Clustering the cells (once per run and resolution)..."):
     labels = dede.label_columns(state, run)
@@ -87,14 +112,18 @@ with st.container(border=True):
     comparison = dede.Comparison(groupby=groupby, group1=group1, group2=group2, within=within)
 
     o1, o2 = st.columns(2)
-    mode = o1.radio("Mode", list(MODE_HELP), format_func=str.capitalize, key="de_mode",
-                    help="\n\n".join(MODE_HELP.values()))
-    o1.caption(MODE_HELP[mode])
     no_batch = run.batch_key is None
-    batch_correction = o2.checkbox(
-        "Batch correction", value=not no_batch, disabled=no_batch, key="de_batch_correction",
-        help="Decode both groups in every batch and compare like with like."
-             if not no_batch else "The active run was trained without a batch key.")
+    if run.has_model:
+        mode = o1.radio("Mode", list(MODE_HELP), format_func=str.capitalize, key="de_mode",
+                        help="\n\n".join(MODE_HELP.values()))
+        o1.caption(MODE_HELP[mode])
+        batch_correction = o2.checkbox(
+            "Batch correction", value=not no_batch, disabled=no_batch, key="de_batch_correction",
+            help="Decode both groups in every batch and compare like with like."
+                 if not no_batch else "The active run was trained without a batch key.")
+    else:
+        mode, batch_correction = dede.WILCOXON, False
+        o1.markdown("**Test**: Wilcoxon rank-sum (no model)")
 
     try:
         mask1, mask2 = dede.group_masks(comparison, labels=labels, cell_groups=state.cell_groups,
@@ -140,9 +169,14 @@ except ValueError as err:
     st.stop()
 names = request.comparison.names()
 st.subheader(f"{request.comparison.describe()}")
-st.caption(f"{result.n_cells_1:,} vs {result.n_cells_2:,} cells ({result.n_sampled_1:,} and "
-           f"{result.n_sampled_2:,} sampled) · mode {result.mode} · batch correction "
-           f"{'on' if result.batch_correction else 'off'} · {result.n_pairs:,} posterior pairs")
+wilcoxon_only = result.mode == dede.WILCOXON
+if wilcoxon_only:
+    st.caption(f"{result.n_cells_1:,} vs {result.n_cells_2:,} cells · Wilcoxon rank-sum test, "
+               "Benjamini-Hochberg adjusted (no model: scVI's Bayesian DE needs a trained one)")
+else:
+    st.caption(f"{result.n_cells_1:,} vs {result.n_cells_2:,} cells ({result.n_sampled_1:,} and "
+               f"{result.n_sampled_2:,} sampled) · mode {result.mode} · batch correction "
+               f"{'on' if result.batch_correction else 'off'} · {result.n_pairs:,} posterior pairs")
 for note in result.warnings:
     st.warning(note)
 # The page's URL opens this comparison's groups in any browser; the result is kept with the run.
@@ -161,10 +195,16 @@ def results_panel() -> None:
     s1, s2, s3 = st.columns(3)
     delta = s1.slider("delta: smallest |LFC| that counts (log2)", 0.0, 2.0, session.delta, 0.05,
                       key="de_delta", disabled=result.mode == "vanilla",
-                      help="Only used in change mode.")
+                      help="The smallest |log2 fold change| of a gene called DE." if wilcoxon_only
+                      else "Only used in change mode.")
     fdr = s2.slider("FDR target", 0.01, 0.5, session.fdr, 0.01, key="de_fdr",
-                    help="Posterior expected false discovery rate of the genes called DE.")
-    y_axis = s3.radio("Volcano y axis", list(Y_TITLES), format_func=Y_TITLES.get, key="de_y")
+                    help="Benjamini-Hochberg: genes with an adjusted p-value under it are called DE."
+                    if wilcoxon_only else "Posterior expected false discovery rate of the genes called DE.")
+    if wilcoxon_only:
+        y_axis = WILCOXON_Y
+        s3.caption("Volcano: -log10 adjusted p-value against log2 fold change.")
+    else:
+        y_axis = s3.radio("Volcano y axis", list(Y_TITLES), format_func=Y_TITLES.get, key="de_y")
     session.delta, session.fdr = delta, fdr
     table = result.table(delta=delta, fdr=fdr)
     n_de = int(table["is_de_fdr"].sum())
@@ -173,8 +213,14 @@ def results_panel() -> None:
     m1.metric("Genes called DE", f"{n_de:,}")
     m2.metric(f"Up in {names[0]}", f"{up:,}")
     m3.metric(f"Up in {names[1]}", f"{n_de - up:,}")
-    st.caption(explain_calls(result.mode, delta=delta, fdr=fdr))
-    reasons = why_few_calls(result, table, delta=delta, fdr=fdr, n_epochs_trained=run.metrics.get("n_epochs_trained"))
+    if wilcoxon_only:
+        st.caption(f"A gene is called DE when its Benjamini-Hochberg adjusted p-value is under {fdr:g} "
+                   f"and its |log2 fold change| is at least {delta:g} ({2 ** delta:.2f}-fold).")
+        reasons = []
+    else:
+        st.caption(explain_calls(result.mode, delta=delta, fdr=fdr))
+        reasons = why_few_calls(result, table, delta=delta, fdr=fdr,
+                                n_epochs_trained=run.metrics.get("n_epochs_trained"))
     if reasons:
         passing = "No gene passes." if n_de == 0 else f"Only {n_de} gene{'s pass' if n_de > 1 else ' passes'}."
         st.info(f"{passing} " + " ".join(reasons), icon=":material/lightbulb:")
@@ -186,16 +232,17 @@ def results_panel() -> None:
         query = st.text_input("Filter genes", key="de_query", placeholder="e.g. CD14 or ENSG...")
         only_de = st.checkbox("Only genes called DE", key="de_only_de")
         shown = dede.gene_options(table[table["is_de_fdr"]] if only_de else table, query)
-        rows = st.dataframe(shown.reset_index()[TABLE_COLUMNS], height=420, key="de_table",
-                            on_select="rerun", selection_mode="single-row", hide_index=True,
-                            column_config=table_config(*names))
+        rows = st.dataframe(shown.reset_index()[WILCOXON_COLUMNS if wilcoxon_only else TABLE_COLUMNS],
+                            height=420, key="de_table", on_select="rerun", selection_mode="single-row",
+                            hide_index=True,
+                            column_config=(wilcoxon_config if wilcoxon_only else table_config)(*names))
         st.caption(f"{len(shown):,} of {len(table):,} genes. Click a row or a column header.")
     picked_rows = rows.selection.rows
     clicked = st.session_state.get("de_volcano") or {}
     session.pick(volcano=clicked_gene(clicked.get("selection", {}).get("points", [])),
                  table=str(shown.index[picked_rows[0]]) if picked_rows else None)
     with left:
-        fig = volcano(table, y=y_axis, delta=delta if result.mode == "change" else None,
+        fig = volcano(table, y=y_axis, delta=delta if result.mode in ("change", dede.WILCOXON) else None,
                       group_names=names, selected=session.selected_gene)
         st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
                         key="de_volcano")
@@ -205,8 +252,12 @@ def results_panel() -> None:
         gene, values = dede.gene_values(state, run, session.selected_gene)
         row = table.loc[session.selected_gene]
         st.subheader(gene)
-        st.caption(f"LFC mean {row['lfc_mean']:.2f} · P(DE) {row['proba_de']:.3f} · "
-                   f"log Bayes factor {row['bayes_factor']:.2f}")
+        if wilcoxon_only:
+            st.caption(f"log2 FC {row['lfc_mean']:.2f} · adjusted p {row['pvalue_adj']:.2e} · "
+                       f"Wilcoxon z {row['score']:.2f}")
+        else:
+            st.caption(f"LFC mean {row['lfc_mean']:.2f} · P(DE) {row['proba_de']:.3f} · "
+                       f"log Bayes factor {row['bayes_factor']:.2f}")
         g1, g2 = st.columns(2)
         with g1, st.spinner("Computing the UMAP (once per run)..."):
             coords = explore.embedding(state, run, "UMAP")
@@ -215,6 +266,8 @@ def results_panel() -> None:
         g2.plotly_chart(gene_violins({names[0]: values[mask1], names[1]: values[mask2]}, gene=gene),
                         width="stretch", key="de_gene_violins")
 
+    if wilcoxon_only:
+        return
     with st.expander("Agreement with a Wilcoxon rank-sum test"):
         with st.spinner("Running the Wilcoxon test..."):
             wilcoxon_table = dede.wilcoxon(state, mask1, mask2, run)

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import explore as ex
-from dashboard import workspace
+from dashboard import imported, workspace
 from dashboard.active_run import require_active_run
 from dashboard.cell_scatter import cell_scatter
 from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
@@ -19,6 +19,9 @@ st.caption("The cells in the trained model's latent space: clusters, annotations
            "groups of cells drawn with the lasso for the Differential expression page.")
 
 run = require_active_run(state)
+if not run.has_model:
+    st.info(f"Opened from the file without training: {imported.source_text(run)}. Everything here "
+            "works from it, except the model's denoised expression.", icon=":material/info:")
 
 filtered = state.filtered
 if ex.sync_cluster_names(state):
@@ -49,9 +52,13 @@ def scatter_panel() -> None:
                                 key="explore_gene")
             expression = st.radio(
                 "Expression", ["observed", "denoised"], horizontal=True, key="explore_expression",
+                disabled=not run.has_model,
                 help="observed: log1p of the counts per 10,000 in each cell. denoised: the "
                      "model's estimate of the same quantity at each cell's position in the latent "
                      "space, without the sampling noise of the counts.")
+            if not run.has_model:
+                expression = "observed"
+                imported.needs_model("Denoised values")
         on_data = st.checkbox("Names on the plot", value=True, key="explore_labels_on_data",
                               disabled=source not in ("Cluster", "Annotation"),
                               help="Write each cluster's (or category's) name over its cells.")
@@ -124,7 +131,9 @@ scatter_panel()
 with st.container(border=True):
     if "explore_resolution" not in st.session_state:
         st.session_state["explore_resolution"] = float(state.leiden_resolution)
-    table = ex.cluster_table(state, run)
+    with st.spinner("Computing the neighbour graph of the representation, then clustering at this "
+                    "resolution (first time only)..."):
+        table = ex.cluster_table(state, run)
     st.subheader(f"Leiden clusters: {len(table)} at resolution {state.leiden_resolution:g}")
     left, right = st.columns([1, 1])
     with left:
@@ -132,6 +141,10 @@ with st.container(border=True):
                   on_change=lambda: setattr(state, "leiden_resolution",
                                             float(st.session_state["explore_resolution"])),
                   help="Higher resolution gives more, smaller clusters.")
+        if run.clusters is not None:
+            st.caption(f"At resolution {imported.saved_resolution(run):g}: the file's own clusters "
+                       "(`obs['leiden']`). Another resolution clusters the representation's neighbour "
+                       "graph here (computed once: seconds, minutes at a million cells).")
         st.caption("Name clusters by typing in the 'name' column (e.g. 3 -> B cells). Names are "
                    "shown on every plot and exported; clusters given the same name are merged.")
         editor_key = f"explore_names_{run.run_id}_{state.leiden_resolution:g}"

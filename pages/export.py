@@ -3,11 +3,11 @@
 import streamlit as st
 
 from dashboard import de as dede
-from dashboard import explore
+from dashboard import explore, imported
 from dashboard import export as dexport
 from dashboard import markers as dmark
 from dashboard.active_run import require_active_run
-from dashboard.de_figures import concordance_scatter, gene_violins, volcano
+from dashboard.de_figures import WILCOXON_Y, concordance_scatter, gene_violins, volcano
 from dashboard.marker_figures import dotplot
 from dashboard.progress import progress_bar
 from dashboard.state import get_state
@@ -44,8 +44,9 @@ with st.container(border=True):
             "the DE comparison and the markers, each a `table` with its `params` · "
             "`uns['atlas_run']`: run id, parameters, metrics.")
     genes = st.radio("Genes", ["run", "all"], horizontal=True, key="export_genes",
-                     format_func={"run": f"the {len(run.var_names):,} genes the model was trained on "
-                                         "(the file can be reopened for DE from the command line)",
+                     format_func={"run": (f"the {len(run.var_names):,} genes the model was trained on "
+                                          "(the file can be reopened for DE from the command line)")
+                                  if run.has_model else f"the {len(run.var_names):,} genes of the run",
                                   "all": f"all {state.filtered.n_vars:,} genes that passed QC"}.get)
     gene_names = st.radio("Gene names", ["symbols", "ids"], horizontal=True, key="export_gene_names",
                           format_func={"symbols": "gene symbols, e.g. CD79A (the ids are kept beside them)",
@@ -115,14 +116,17 @@ with st.container(border=True):
     if last is not None:
         names = request.comparison.names()
         mask1, mask2 = dede.request_masks(state, run, request)
+        wilcoxon_only = result.mode == dede.WILCOXON
         figures["volcano (top 10 genes named)"] = volcano(
-            table, delta=session.delta if result.mode == "change" else None, group_names=names,
+            table, y=WILCOXON_Y if wilcoxon_only else "proba_de",
+            delta=session.delta if result.mode in ("change", dede.WILCOXON) else None, group_names=names,
             selected=session.selected_gene)
         if session.selected_gene is not None:
             gene, values = dede.gene_values(state, run, session.selected_gene)
             figures[f"violins of {gene}"] = gene_violins(
                 {names[0]: values[mask1], names[1]: values[mask2]}, gene=gene)
-        figures["scVI vs Wilcoxon ranks"] = concordance_scatter(table, dede.wilcoxon(state, mask1, mask2, run))
+        if not wilcoxon_only:
+            figures["scVI vs Wilcoxon ranks"] = concordance_scatter(table, dede.wilcoxon(state, mask1, mask2, run))
     if marker_request is not None:
         marker_result = dmark.markers(state, run, marker_request)
         stats = dmark.expression_by_group(state, run, marker_request, dmark.plot_genes(marker_result, 3))
@@ -159,6 +163,9 @@ with st.container(border=True):
 # ---- The model --------------------------------------------------------------------------------------
 with st.container(border=True):
     st.subheader("Trained model (.zip)")
+    if not run.has_model:
+        imported.needs_model("A model bundle")
+        st.stop()
     st.markdown("The model itself, to keep with the data or hand to a colleague: with it, new DE "
                 "comparisons and denoised expression need no retraining.")
     with st.expander("For Python users: what is inside"):

@@ -4,8 +4,8 @@ import streamlit as st
 
 from dashboard import de as dede
 from dashboard import export as dexport
+from dashboard import imported, workspace
 from dashboard import markers as dmark
-from dashboard import workspace
 from dashboard.active_run import require_active_run
 from dashboard.marker_figures import dotplot, heatmap
 from dashboard.progress import progress_bar
@@ -32,6 +32,11 @@ st.caption("The genes that set each group of cells apart: every cluster (or cell
            "other cells with the model's Bayesian differential expression, a Wilcoxon test beside it.")
 
 run = require_active_run(state)
+if not run.has_model:
+    imported.needs_model("Marker genes of every group (scVI's Bayesian DE of each group against the rest)")
+    st.caption("Without a model, the Differential expression page compares any group with the rest "
+               "(choose 'rest' as group 2) by a Wilcoxon rank-sum test.")
+    st.stop()
 
 with st.spinner("Clustering the cells (once per run and resolution)..."):
     labels = dede.label_columns(state, run)

@@ -95,8 +95,10 @@ def read_counts(
         ``var["display_name"]`` (unique readable gene names) and the load report in
         ``uns["atlas_load"]`` (format, counts_source, orientation, transposed, n_cells_dropped,
         n_genes_dropped, n_duplicate_genes, n_duplicate_barcodes, symbol_column,
-        symbol_candidates, messages). Other layers, ``.raw``, ``obsm``, ``varm``, ``obsp`` and
-        ``uns`` of the file are not kept: everything downstream starts from the counts.
+        symbol_candidates, messages). An analysis saved in the file is kept so it can be opened
+        without training (:mod:`engine.runs.imported`): ``obsm`` X_scVI, X_pca, X_umap and X_tsne
+        (rows of the cells kept) and the resolution in ``uns["leiden"]["params"]``. Other layers,
+        ``.raw``, ``obsm``, ``varm``, ``obsp`` and ``uns`` of the file are not kept.
 
     Raises
     ------
@@ -125,6 +127,8 @@ def read_counts(
     messages = parsed.messages + messages
 
     obs = parsed.adata.obs.copy()
+    has_counts = np.diff(counts.indptr) > 0  # the cells _drop_empty keeps
+    saved = _saved_analysis(parsed.adata) if counts.shape[0] == parsed.adata.n_obs else {}
     counts, obs, var, n_cells_dropped, n_genes_dropped = _drop_empty(counts, obs, var, path.name)
     if n_cells_dropped:
         messages.append(f"{n_cells_dropped:,} cells with no counts at all were dropped.")
@@ -146,6 +150,11 @@ def read_counts(
 
     adata = AnnData(X=counts, obs=obs, var=var)
     adata.layers["counts"] = adata.X
+    for key, value in saved.items():
+        if key == "leiden":
+            adata.uns["leiden"] = value
+        else:
+            adata.obsm[key] = value if has_counts.all() else value[has_counts]
 
     candidates = symbol_candidates(adata.var)
     if symbol_column is None:
@@ -320,6 +329,31 @@ def _drop_empty(
         int((~keep_cells).sum()),
         int((~keep_genes).sum()),
     )
+
+
+# What read_counts keeps of an analysis saved in the file, so it opens without training
+# (engine.runs.imported): the cells' representation, their embeddings and the Leiden parameters.
+SAVED_OBSM = ("X_scVI", "X_pca", "X_umap", "X_tsne")
+
+
+def _saved_analysis(adata: AnnData) -> dict:
+    saved = {}
+    for key in SAVED_OBSM:
+        value = adata.obsm.get(key) if adata.obsm is not None else None
+        if value is None:
+            continue
+        if isinstance(value, pd.DataFrame):
+            value = value.to_numpy()
+        array = np.asarray(value.toarray() if sparse.issparse(value) else value)
+        if array.ndim == 2 and array.shape[0] == adata.n_obs and np.issubdtype(array.dtype, np.number):
+            saved[key] = array.astype(np.float32, copy=False)
+    leiden = adata.uns.get("leiden") if adata.uns is not None else None
+    if isinstance(leiden, dict) and isinstance(leiden.get("params"), dict) and "resolution" in leiden["params"]:
+        try:
+            saved["leiden"] = {"params": {"resolution": float(leiden["params"]["resolution"])}}
+        except (TypeError, ValueError):
+            pass
+    return saved
 
 
 def _example(pairs: list[tuple[str, str]]) -> str:

@@ -235,13 +235,21 @@ def _train_run(
 
 
 def write_to_adata(adata: AnnData, run: Run) -> None:
-    """Store ``run.latent`` in ``obsm["X_scVI"]`` and the provenance in ``uns["atlas_run"]`` (h5ad-safe)."""
-    adata.obsm["X_scVI"] = run.latent.astype(np.float32)
+    """Store ``run.latent`` in ``obsm["X_scVI"]`` and the provenance in ``uns["atlas_run"]`` (h5ad-safe).
+
+    A run imported from a file (no model) writes its representation back where it came from
+    (``obsm["X_scVI"]`` or ``obsm["X_pca"]``) and ``uns["atlas_run"]["model"] = False``.
+    """
+    representation = (run.metrics.get("imported") or {}).get("representation", "X_scVI")
+    adata.obsm[representation] = run.latent.astype(np.float32)
     info = {
         "run_id": run.run_id,
-        "params": _without_none(run.params.to_dict()),
         "metrics": _without_none(run.metrics),
     }
+    if run.params is not None:
+        info["params"] = _without_none(run.params.to_dict())
+    else:
+        info["model"] = False
     if run.batch_key is not None:
         info["batch_key"] = run.batch_key
     if len(run.history) <= MAX_HISTORY_IN_UNS:

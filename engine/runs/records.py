@@ -29,7 +29,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,8 @@ MODEL_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
 MARKER_PREFIX = ".training-"
 FILES = ("model.pt", "run.json", "history.csv", "latent.npy")
+#: The files of an imported run (:mod:`engine.runs.imported`): no weights, no history.
+IMPORTED_FILES = ("run.json", "latent.npy")
 
 
 class CorruptRunError(ValueError):
@@ -80,7 +82,7 @@ class CorruptRunError(ValueError):
 
 @dataclass
 class Run:
-    """A trained model with its provenance.
+    """A trained model with its provenance, or a representation imported from a file without a model.
 
     ``metrics`` holds: seed, versions (torch, numpy, engine), train_seconds, seconds_per_epoch,
     n_epochs_trained, best_epoch, lr, device, elbo_validation, reconstruction_validation,
@@ -88,18 +90,36 @@ class Run:
     ``history`` has one row per epoch with the :class:`~engine.model.training.EpochReport` fields;
     ``latent`` is the posterior mean of every training cell (n_cells, n_latent); ``module`` is
     in eval mode on the CPU; ``path`` is the cache folder (None when not cached).
+
+    An imported run (:func:`engine.runs.imported.import_run`: an ``.h5ad`` that already holds
+    ``obsm["X_scVI"]`` or ``obsm["X_pca"]``) has no model: ``module`` and ``params`` are None,
+    ``history`` is empty, ``latent`` is the file's representation, ``embeddings`` holds the file's
+    own ``X_umap``/``X_tsne`` and ``clusters`` its ``obs["leiden"]`` (as text), and
+    ``metrics["imported"]`` says where they came from. :attr:`has_model` tells the two apart.
     """
 
     run_id: str
-    params: RunParams
+    params: RunParams | None
     batch_key: str | None
     batch_categories: list[str] | None
     var_names: list[str]
     metrics: dict[str, Any]
     history: pd.DataFrame
     latent: np.ndarray
-    module: VAE
+    module: VAE | None
     path: Path | None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    clusters: np.ndarray | None = None
+
+    @property
+    def has_model(self) -> bool:
+        """Whether a trained model comes with the run (False for a run imported from a file)."""
+        return self.module is not None
+
+    @property
+    def imported(self) -> dict[str, Any] | None:
+        """Where an imported run's representation came from (``metrics["imported"]``), else None."""
+        return self.metrics.get("imported")
 
     @property
     def n_batch(self) -> int:
@@ -124,12 +144,17 @@ class RunInfo:
     """One row of the run history table (read from ``run.json`` only: no weights loaded)."""
 
     run_id: str
-    params: RunParams
+    params: RunParams | None  # None for an imported run (no model)
     metrics: dict[str, Any]
     batch_key: str | None
     data_hash: str
     created: str
     path: Path
+
+    @property
+    def has_model(self) -> bool:
+        """Whether the run has a trained model (False for a run imported from a file)."""
+        return self.params is not None
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -201,11 +226,12 @@ def read_info(path: Path) -> dict[str, Any]:
     """``run.json`` of a finished run folder, checked; :class:`CorruptRunError` when incomplete."""
     try:
         info = json.loads((path / "run.json").read_text())
-        missing = [f for f in FILES if not (path / f).is_file()]
+        has_model = info.get("model", True) is not False
+        missing = [f for f in (FILES if has_model else IMPORTED_FILES) if not (path / f).is_file()]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         # torch.save writes a zip: its directory sits at the end, so a cut file fails this cheap test
-        if not zipfile.is_zipfile(path / "model.pt"):
+        if has_model and not zipfile.is_zipfile(path / "model.pt"):
             raise ValueError("model.pt is truncated or not a saved state_dict")
         for key in ("params", "metrics", "batch_key", "batch_categories", "var_names", "data_hash"):
             info[key]  # noqa: B018 - KeyError when absent
@@ -231,7 +257,7 @@ def list_runs(cache_dir: str | os.PathLike[str], *, data_hash: str | None = None
             continue
         try:
             info = read_info(path)
-            params = RunParams.from_dict(info["params"])
+            params = None if info["params"] is None else RunParams.from_dict(info["params"])
         except (CorruptRunError, ValueError, TypeError):
             continue
         if data_hash is not None and info["data_hash"] != data_hash:

@@ -20,6 +20,7 @@ import torch
 
 from engine.model.params import RunParams
 from engine.model.vae import VAE
+from engine.runs.imported import load_imported
 from engine.runs.records import (
     MODEL_FORMAT_VERSION,
     TMP_PREFIX,
@@ -35,6 +36,9 @@ __all__ = ["load_run", "save_run"]
 
 def save_run(run: Run, cache_dir: str | os.PathLike[str], *, data_hash_: str) -> Path:
     """Write ``run`` atomically to ``cache_dir/<run_id>/`` (replacing a previous folder) and return it."""
+    if run.module is None or run.params is None:
+        raise ValueError(f"run {run.run_id} has no model to save: imported runs are written by "
+                         "engine.runs.imported.import_run")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / run.run_id
@@ -68,11 +72,16 @@ def save_run(run: Run, cache_dir: str | os.PathLike[str], *, data_hash_: str) ->
 
 
 def load_run(cache_dir: str | os.PathLike[str], run_id: str) -> Run | None:
-    """Load a cached run, or None when there is none. Raises :class:`CorruptRunError` when unreadable."""
+    """Load a cached run, or None when there is none. Raises :class:`CorruptRunError` when unreadable.
+
+    A run imported from a file (:mod:`engine.runs.imported`) comes back without a model.
+    """
     path = Path(cache_dir) / run_id
     if not path.is_dir():
         return None
     info = read_info(path)
+    if info.get("model", True) is False:
+        return load_imported(cache_dir, run_id, info)
     try:
         params = RunParams.from_dict(info["params"])
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

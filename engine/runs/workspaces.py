@@ -63,6 +63,8 @@ def _describe(info: records.RunInfo) -> str:
         parts.append(f"{int(metrics['n_cells']):,} cells x {int(metrics['n_genes']):,} genes")
     if info.batch_key:
         parts.append(f"batches from {info.batch_key}")
+    if not info.has_model:
+        parts.append(f"{info.metrics.get('imported', {}).get('representation')} opened from the file, no model")
     return ", ".join(parts)
 
 
