@@ -4,16 +4,26 @@ A colour change through ``st.plotly_chart`` took 0.6-0.8 s from click to picture
 (Plotly.react of a WebGL scatter, 170-280 ms in the browser alone); the issue allows 300 ms. This
 component receives the positions once (they are decoded again only when ``xy_rev`` changes) and
 one small colour array per change, and draws on a 2-D canvas in one pass. It keeps what the page
-needs from Plotly: lasso and box selection (sent back as point indices), wheel zoom, pan, reset,
-a hover line per cell, a legend or a colour bar, names on the data. Figures for papers are still
-Plotly's (:func:`dashboard.explore_figures.embedding_scatter`, Export page).
+needs from Plotly: lasso and box selection, wheel zoom, pan, reset, a hover line per cell, a
+legend or a colour bar, names on the data. Figures for papers are still Plotly's
+(:func:`dashboard.explore_figures.embedding_scatter`, Export page).
 
-:func:`scatter_data` is pure (tested without a browser); :func:`cell_scatter` mounts it.
+Selection covers every cell, drawn or not. Above ``MAX_POINTS`` cells only a random subsample is
+drawn, so the component does not send back the points it drew inside the lasso or box but the region
+itself, in data coordinates (``{"box": [x0, x1, y0, y1]}`` or ``{"lasso": [[x, y], ...]}``), and
+:func:`cells_in_region` finds every cell inside it: the same even-odd test the browser used to
+make on the drawn points, on the same float32 positions, vectorised (a sweep over the cells sorted by
+y: each lasso edge touches only the cells in its band of y). 1M cells: tens of milliseconds
+(``benchmarks/explore_scale.py``).
+
+:func:`scatter_data`, :func:`cells_in_region` and :func:`selection_caption` are pure (tested without
+a browser); :func:`cell_scatter` mounts the component.
 """
 
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +33,7 @@ import streamlit as st
 
 from dashboard.explore_figures import (
     MAX_POINTS,
+    MAX_POINTS_ENV,
     SUBSAMPLE_SEED,
     Colouring,
     _fingerprint,
@@ -76,21 +87,118 @@ def scatter_data(coords: np.ndarray, *, colouring: Colouring, clusters: pd.Categ
     return data, rows
 
 
+@dataclass(frozen=True)
+class ScatterResult:
+    """What the page needs back from the scatter: the selected cells and how many cells are drawn."""
+
+    selected: np.ndarray  # data rows of every cell inside the lasso or box (empty: no selection)
+    n_cells: int
+    n_drawn: int
+    n_selected_drawn: int  # how many of the selected cells are drawn points
+
+
 def cell_scatter(coords: np.ndarray, *, colouring: Colouring, clusters: pd.Categorical, title: str,
                  key: str, point_size: float = 3.0, opacity: float = 0.8, labels_on_data: bool = False,
-                 height: int = 620) -> np.ndarray:
-    """Draw the scatter; returns the data rows of the cells selected with the lasso or box (empty: none)."""
+                 height: int = 620, max_points: int | None = None) -> ScatterResult:
+    """Draw the scatter; returns every cell inside the lasso or box drawn on it, drawn or not."""
+    max_points = drawing_cap() if max_points is None else max_points
     data, rows = scatter_data(coords, colouring=colouring, clusters=clusters, title=title, point_size=point_size,
-                              opacity=opacity, labels_on_data=labels_on_data, height=height)
+                              opacity=opacity, labels_on_data=labels_on_data, height=height,
+                              max_points=max_points)
     result = _COMPONENT(data=data, key=key, default={"selection": None}, height=height + 40,
                         on_selection_change=lambda: None)
-    return selected_rows(result.selection if result is not None else None, data["xy_rev"], rows)
+    selected = selected_rows(result.selection if result is not None else None, data["xy_rev"], coords)
+    n = len(coords)
+    n_selected_drawn = len(selected) if len(rows) == n else int(np.isin(selected, rows, assume_unique=True).sum())
+    return ScatterResult(selected, n, len(rows), n_selected_drawn)
 
 
-def selected_rows(selection: Any, rev: str, rows: np.ndarray) -> np.ndarray:
-    """Data rows of a selection the component sent back; a selection made on other positions counts as none."""
+def drawing_cap() -> int:
+    """Most points drawn: ``MAX_POINTS``, or ``ATLAS_MAX_POINTS`` when set (tests, small browsers)."""
+    import os
+
+    value = os.environ.get(MAX_POINTS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_POINTS
+
+
+def selection_caption(result: ScatterResult) -> str:
+    """'200,000 of 1,000,000 cells drawn (a random subsample); 12,345 selected (2,469 of them drawn)'."""
+    if result.n_drawn < result.n_cells:
+        text = f"{result.n_drawn:,} of {result.n_cells:,} cells drawn (a random subsample)"
+    else:
+        text = f"{result.n_cells:,} cells, all drawn"
+    if len(result.selected):
+        text += f"; {len(result.selected):,} selected"
+        if result.n_drawn < result.n_cells:
+            text += f" ({result.n_selected_drawn:,} of them drawn)"
+    else:
+        text += "; none selected"
+    return text + "."
+
+
+def selected_rows(selection: Any, rev: str, coords: np.ndarray) -> np.ndarray:
+    """Data rows of every cell inside the region the component sent back.
+
+    A selection made on other positions (``rev`` differs), or a malformed one, counts as none.
+    """
     if not isinstance(selection, dict) or selection.get("rev") != rev:
         return np.empty(0, dtype=np.int64)
-    points = np.asarray(selection.get("rows") or [], dtype=np.int64)
-    points = points[(points >= 0) & (points < len(rows))]
-    return np.asarray(rows)[points]
+    try:
+        region = {k: selection[k] for k in ("box", "lasso") if k in selection}
+        return cells_in_region(coords, region)
+    except (TypeError, ValueError):
+        return np.empty(0, dtype=np.int64)
+
+
+def cells_in_region(coords: np.ndarray, region: dict[str, Any]) -> np.ndarray:
+    """Rows (in order) of the cells inside a box or a lasso.
+
+    A box is ``{"box": [x0, x1, y0, y1]}`` (edges included), a lasso ``{"lasso": [[x, y], ...]}``
+    (even-odd rule, closed from the last vertex to the first). Positions are tested as the browser
+    draws them (float32). Raises ``ValueError`` for a region that is neither.
+    """
+    xy = np.asarray(coords, dtype=np.float32).astype(np.float64)
+    x, y = xy[:, 0], xy[:, 1]
+    if "box" in region:
+        x0, x1, y0, y1 = (float(v) for v in region["box"])
+        x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        return np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+    if "lasso" in region:
+        poly = np.asarray(region["lasso"], dtype=np.float64)
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
+            raise ValueError("a lasso needs at least 3 finite [x, y] vertices")
+        return _in_polygon(x, y, poly)
+    raise ValueError(f"a region is a box or a lasso; got keys {sorted(region)}")
+
+
+def _in_polygon(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Rows of the points inside ``poly`` by ray casting (a ray to +x crosses an odd number of edges).
+
+    The crossing test is ``pointInPolygon``'s in ``cell_scatter.js``: an edge (i, j) flips a point
+    when ``(yi > y) != (yj > y)`` and ``x < (xj - xi) * (y - yi) / (yj - yi) + xi``. Only the cells
+    in the polygon's bounding box are tested, grouped into horizontal bands of y (a radix sort of
+    16-bit band numbers), so each edge tests only the cells of the bands it spans, not all of them.
+    """
+    (xmin, ymin), (xmax, ymax) = poly.min(axis=0), poly.max(axis=0)
+    candidates = np.flatnonzero((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax))
+    if len(candidates) == 0 or ymax <= ymin:
+        return candidates[:0]
+    n_bands = int(min(4096, max(1, len(candidates) // 64)))
+    scale = n_bands / (ymax - ymin)
+    band_of = np.minimum(((y[candidates] - ymin) * scale).astype(np.uint16), n_bands - 1)
+    order = np.argsort(band_of, kind="stable")  # radix sort for 16-bit integers
+    starts = np.searchsorted(band_of[order], np.arange(n_bands + 1), side="left")
+    order = candidates[order]
+    ys, xs = y[order], x[order]
+    inside = np.zeros(len(order), dtype=bool)
+    for (xi, yi), (xj, yj) in zip(poly, np.roll(poly, 1, axis=0), strict=True):
+        if yi == yj:
+            continue  # (yi > y) != (yj > y) never holds
+        first = min(n_bands - 1, int((min(yi, yj) - ymin) * scale))
+        last = min(n_bands - 1, int((max(yi, yj) - ymin) * scale))
+        band = slice(starts[first], starts[last + 1])
+        yb = ys[band]
+        inside[band] ^= ((yi > yb) != (yj > yb)) & (xs[band] < (xj - xi) * (yb - yi) / (yj - yi) + xi)
+    selected = np.zeros(len(x), dtype=bool)
+    selected[order[inside]] = True
+    return np.flatnonzero(selected)  # in row order

@@ -22,8 +22,13 @@ import plotly.graph_objects as go
 
 from dashboard.palettes import palette_for
 
-# Above this many cells a scatter draws a seeded random subsample of this size and says so.
+# Above this many cells a scatter draws a seeded random subsample of this size and says so. A
+# uniform subsample keeps the density: each region keeps its share of the points. Measured at 1M
+# cells (benchmarks/explore_scale.py, headless Chromium): the canvas draws 1M points (0.3-0.6 s a
+# pass, 36 MB of JS heap), but every rerun sends the positions again, so a colour change took
+# 2.6 s with 1M drawn against 0.8 s with 200k, and the first picture 6.0 s against 2.0 s.
 MAX_POINTS = 200_000
+MAX_POINTS_ENV = "ATLAS_MAX_POINTS"  # the Explore scatter's cap, when set (see cell_scatter.drawing_cap)
 SUBSAMPLE_SEED = 0
 
 MISSING_COLOUR = "#BBBBBB"

@@ -8,6 +8,11 @@ import plotly.graph_objects as go
 
 # Above this many cells a scatter draws a seeded random subsample and says so in its title.
 MAX_SCATTER_POINTS = 50_000
+# A QC violin is drawn from at most this many cells (each group keeps at least MIN_GROUP_POINTS, or
+# all its cells), a seeded random subsample: the browser computes a violin's density from every
+# value it is sent, 1M values per violin took seconds. Thresholds and kept counts use every cell.
+MAX_VIOLIN_POINTS = 100_000
+MIN_GROUP_POINTS = 1_000
 
 QC_LABELS = {
     "total_counts": "Total counts per cell",
@@ -19,26 +24,64 @@ QC_LABELS = {
 MAX_TICK_CHARS = 14  # longer group names are shortened on violin axes
 
 
+def violin_rows(obs: pd.DataFrame, *, groupby: str | None = None, max_points: int = MAX_VIOLIN_POINTS,
+                seed: int = 0) -> np.ndarray:
+    """Rows a QC violin is drawn from: every cell up to ``max_points``, else a seeded random subsample.
+
+    Each group keeps ``max_points / n_groups`` cells but at least ``MIN_GROUP_POINTS`` (or all of a
+    smaller group), so a small group's violin is not drawn from a handful of cells. Sorted.
+    """
+    codes = None if groupby is None else obs[groupby].astype("category").cat.codes.to_numpy()
+    return _violin_rows(len(obs), codes, max_points=max_points, seed=seed)
+
+
+def _violin_rows(n: int, codes: np.ndarray | None, *, max_points: int, seed: int) -> np.ndarray:
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if codes is None:
+        return np.sort(rng.choice(n, max_points, replace=False))
+    n_groups = max(int(codes.max()) + 1, 1)
+    per_group = max(max_points // n_groups, MIN_GROUP_POINTS)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    picked = []
+    for g in range(n_groups):
+        members = order[starts[g]:starts[g + 1]]
+        picked.append(members if len(members) <= per_group else rng.choice(members, per_group, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+
+
 def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
-              lower: float | None = None, upper: float | None = None) -> go.Figure:
+              lower: float | None = None, upper: float | None = None,
+              max_points: int = MAX_VIOLIN_POINTS, seed: int = 0) -> go.Figure:
     """Violin (with box) of one per-cell QC metric, one violin per group, with threshold lines.
 
     The density stops at the data's range (no tail below 0 counts); long group names are shortened
-    on the axis (the hover gives them whole) so the violins keep their width.
+    on the axis (the hover gives them whole) so the violins keep their width. Above ``max_points``
+    cells the violins are drawn from a random subsample (:func:`violin_rows`), which the title says.
     """
     label = QC_LABELS.get(metric, metric)
+    values = obs[metric].to_numpy()
+    groups = None if groupby is None else obs[groupby].astype("category")
+    codes = None if groups is None else groups.cat.codes.to_numpy()
+    rows = _violin_rows(len(obs), codes, max_points=max_points, seed=seed)
+    subsampled = len(rows) < len(obs)
+    if subsampled:
+        label = f"{label}<br><sup>random {len(rows):,} of {len(obs):,} cells shown</sup>"
+        values = values[rows]
+        codes = None if codes is None else codes[rows]
     fig = go.Figure()
-    if groupby is None:
-        fig.add_trace(go.Violin(y=obs[metric], name="all cells", box_visible=True, spanmode="hard",
+    if groups is None:
+        fig.add_trace(go.Violin(y=values, name="all cells", box_visible=True, spanmode="hard",
                                 points=False, line_color="#4C78A8", showlegend=False))
         names: list[str] = ["all cells"]
     else:
-        groups = obs[groupby].astype("category")
         names = [str(name) for name in groups.cat.categories]
-        for name in groups.cat.categories:
-            values = obs.loc[groups == name, metric]
-            fig.add_trace(go.Violin(y=values, name=str(name), box_visible=True, points=False, spanmode="hard",
-                                    showlegend=False, hoveron="violins", hovertemplate=f"{name}<extra></extra>"))
+        for code, name in enumerate(groups.cat.categories):
+            fig.add_trace(go.Violin(y=values[codes == code], name=str(name), box_visible=True, points=False,
+                                    spanmode="hard", showlegend=False, hoveron="violins",
+                                    hovertemplate=f"{name}<extra></extra>"))
     for value, text in ((lower, "min"), (upper, "max")):
         if value is not None:
             fig.add_hline(y=value, line_dash="dash", line_color="#E45756",
@@ -50,7 +93,8 @@ def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
                      tickangle=-45 if longest > 6 and len(names) > 4 else 0)
     # The metric is in the panel's title; the y axis needs no second title on top of its ticks.
     fig.update_yaxes(automargin=True, rangemode="tozero")
-    fig.update_layout(title=label, xaxis_title=groupby or "", margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(title=label, xaxis_title=groupby or "",
+                      margin=dict(l=10, r=10, t=60 if subsampled else 40, b=10),
                       height=320 + (6 * longest if longest > 6 and len(names) > 4 else 0))
     return fig
 

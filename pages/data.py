@@ -3,7 +3,13 @@
 import streamlit as st
 
 from dashboard import imported, loading, workspace_list
-from dashboard.figures import gene_detection_histogram, qc_violin, totals_vs_genes
+from dashboard.figures import (
+    MAX_SCATTER_POINTS,
+    MAX_VIOLIN_POINTS,
+    gene_detection_histogram,
+    qc_violin,
+    totals_vs_genes,
+)
 from dashboard.state import get_state
 from dashboard.summary import dataset_summary, grouping_columns, obs_columns_table, split_load_messages
 from engine.preprocessing import qc as eqc
@@ -16,6 +22,20 @@ st.caption("Load a count matrix, check its quality and choose filters. "
            "The Train, Explore and Differential expression pages use the filtered data.")
 
 
+def upload_limit_text() -> str:
+    """The server's upload cap (``server.maxUploadSize`` in ``.streamlit/config.toml``, in MB)."""
+    megabytes = int(st.get_option("server.maxUploadSize"))
+    return f"{megabytes / 1024:g} GB ({megabytes:,} MB)" if megabytes >= 1024 else f"{megabytes:,} MB"
+
+
+def too_large_text(cap: str) -> str:
+    # Streamlit refuses a larger file in the browser ("File must be ... or smaller") before any of
+    # it reaches the server, so the page cannot react to it: the remedy is said here, up front.
+    return (f"This server accepts uploads up to {cap}; a larger file is refused by the upload box. "
+            f"Put larger files in the server folder instead ({loading.DATA_DIR_ENV}, set by the "
+            f"administrator) and open them from the Server folder tab.")
+
+
 def load(read, *args, **kwargs) -> None:
     if loading.try_load(state, read, *args, **kwargs):
         st.rerun()  # so the sidebar and every panel show the new dataset
@@ -26,8 +46,11 @@ with st.container(border=True):
     st.subheader("Load data")
     upload_tab, sample_tab, server_tab = st.tabs(["Upload a file", "Sample data", "Server folder"])
     with upload_tab:
-        st.caption("Formats: " + "; ".join(eio.SUPPORTED_FORMATS) + ". Up to 2 GB.")
-        upload = st.file_uploader("Count matrix (cells x genes or genes x cells)", key="upload")
+        cap = upload_limit_text()
+        st.caption("Formats: " + "; ".join(eio.SUPPORTED_FORMATS) + f". Files up to {cap}.")
+        upload = st.file_uploader("Count matrix (cells x genes or genes x cells)", key="upload",
+                                  help=too_large_text(cap))
+        st.caption(too_large_text(cap))
         if upload is not None and upload.file_id != state.last_upload_id:
             state.last_upload_id = upload.file_id
             load(loading.read_upload, upload.name, upload.getvalue())
@@ -40,7 +63,8 @@ with st.container(border=True):
         root = loading.server_data_dir()
         if root is None:
             st.info(f"Loading files from the server's disk is switched off. An administrator can "
-                    f"allow it by starting the app with {loading.DATA_DIR_ENV}=/some/folder.")
+                    f"allow it by starting the app with {loading.DATA_DIR_ENV}=/some/folder; files "
+                    f"larger than the upload limit ({upload_limit_text()}) are opened this way.")
         else:
             files = loading.server_files()
             if not files:
@@ -187,6 +211,10 @@ def quality_control() -> None:
             st.info(f"No gene name starts with {' or '.join(state.mito_prefixes) or '(no prefix)'}: "
                     "% mitochondrial is 0 for every cell. Change the prefixes if your mitochondrial "
                     "genes are named differently.")
+    if adata.n_obs > min(MAX_VIOLIN_POINTS, MAX_SCATTER_POINTS):
+        st.caption(f"{adata.n_obs:,} cells: the violins and the scatter are drawn from a random subsample "
+                   f"(each says how many cells it shows); the thresholds and the counts kept above use "
+                   f"every cell.")
     s1, s2 = st.columns([2, 1])
     s1.plotly_chart(totals_vs_genes(obs, kept=cells), width="stretch")
     s2.plotly_chart(gene_detection_histogram(adata.var["pct_cells_by_counts"]), width="stretch")

@@ -8,8 +8,8 @@ import streamlit as st
 from dashboard import explore as ex
 from dashboard import imported, workspace
 from dashboard.active_run import require_active_run
-from dashboard.cell_scatter import cell_scatter
-from dashboard.explore_figures import MAX_POINTS, cluster_sizes, embedding_scatter
+from dashboard.cell_scatter import cell_scatter, drawing_cap, selection_caption
+from dashboard.explore_figures import cluster_sizes, embedding_scatter
 from dashboard.state import get_state
 
 state = get_state()
@@ -78,13 +78,14 @@ def scatter_panel() -> None:
         except ValueError as err:
             st.warning(str(err), icon=":material/warning:")
             colour = ex.colouring(state, run, source="Cluster")
-        rows = cell_scatter(coords, colouring=colour, clusters=clusters.array, labels_on_data=on_data,
-                            title=f"{kind} of the latent space", point_size=point_size, opacity=opacity,
-                            key="explore_scatter")
-        st.caption(f"{filtered.n_obs:,} cells. Select cells with the lasso or a box (buttons on the plot); "
-                   f"the wheel zooms, double-click shows all. Above {MAX_POINTS:,} cells a random "
-                   f"subsample is drawn. Drawn in {time.perf_counter() - started:.2f} s.")
-    group_panel(np.asarray(filtered.obs_names[rows]))
+        scatter = cell_scatter(coords, colouring=colour, clusters=clusters.array, labels_on_data=on_data,
+                               title=f"{kind} of the latent space", point_size=point_size, opacity=opacity,
+                               key="explore_scatter")
+        st.caption(f"{selection_caption(scatter)} Select cells with the lasso or a box (buttons on the "
+                   f"plot): every cell inside is selected, drawn or not. The wheel zooms, double-click "
+                   f"shows all. Above {drawing_cap():,} cells a random subsample is drawn. "
+                   f"Drawn in {time.perf_counter() - started:.2f} s.")
+    group_panel(np.asarray(filtered.obs_names[scatter.selected]))
 
 
 def group_panel(selected) -> None:

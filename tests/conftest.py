@@ -62,8 +62,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_dashboard(tmp_path_factory):
-    """Start a real dashboard server on a free localhost port; yields its URL, stops it afterwards."""
+def serve_dashboard(tmp_path_factory, extra_env: dict[str, str] | None = None):
+    """Start a real dashboard server on a free localhost port; yields its URL, stops it afterwards.
+
+    ``extra_env`` is added to the server's environment last (e.g. its own ``ATLAS_CACHE_DIR``).
+    """
     import subprocess
     import sys
     import time
@@ -72,6 +75,7 @@ def serve_dashboard(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ)
     env["ATLAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    env.update(extra_env or {})
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"), "--server.port", str(port),

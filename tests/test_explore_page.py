@@ -132,15 +132,19 @@ def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
 def test_group_from_a_simulated_lasso_selection_is_listed(app):
     at, state, _ = app
     data = scatter(at)
-    # what the component sends back after a lasso: the drawn points' indices, on these positions
-    chosen = selected_rows({"rev": data["xy_rev"], "rows": list(range(0, 50, 2))}, data["xy_rev"],
-                           np.arange(state.filtered.n_obs))
+    # what the component sends back after a box: the region in data coordinates, on these positions
+    coords = np.frombuffer(base64.b64decode(data["xy"]), dtype=np.float32).reshape(-1, 2)
+    x0, y0 = np.quantile(coords, 0.3, axis=0)
+    x1, y1 = np.quantile(coords, 0.7, axis=0)
+    chosen = selected_rows({"rev": data["xy_rev"], "box": [x0, x1, y0, y1]}, data["xy_rev"], coords)
+    n = int(((coords[:, 0] >= x0) & (coords[:, 0] <= x1) & (coords[:, 1] >= y0) & (coords[:, 1] <= y1)).sum())
+    assert len(chosen) == n > 0
     cells = np.asarray(state.filtered.obs_names[chosen])
     ex.save_group(state, "lasso test", cells)
     at.run()
     table = at.table[0].value
     row = table.loc["lasso test"]
-    assert row["cells"] == 25 and row["in current data"] == 25
+    assert row["cells"] == n and row["in current data"] == n
     assert set(state.cell_groups["lasso test"]) == set(state.filtered.obs_names[chosen])
     state.cell_groups = {}
 
