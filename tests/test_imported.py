@@ -158,3 +158,21 @@ def test_a_truncated_imported_run_is_corrupt_not_loaded(kang_small_path, tmp_pat
         load_run(tmp_path, run.run_id)
     (tmp_path / run.run_id / "latent.npy").unlink()
     assert records.list_runs(tmp_path) == []  # incomplete: not listed
+
+
+def test_cli_refuses_scvi_de_on_an_imported_run_and_write_to_adata_keeps_its_key(kang_small_path, tmp_path):
+    from engine.cli.trained_input import read_trained
+    from engine.runs.fit import write_to_adata
+
+    adata = analysed(kang_small_path, rep="X_pca")
+    run = eimp.import_run(adata, tmp_path / "runs")
+    out = adata.copy()
+    del out.obsm["X_pca"]
+    write_to_adata(out, run)
+    assert "X_scVI" not in out.obsm  # the representation goes back where it came from
+    np.testing.assert_array_equal(out.obsm["X_pca"], adata.obsm["X_pca"])
+    assert out.uns["atlas_run"]["model"] is False and "params" not in out.uns["atlas_run"]
+    path = tmp_path / "imported.h5ad"
+    out.write_h5ad(path)
+    with pytest.raises(ValueError, match="opened from a file without training.*python -m engine train"):
+        read_trained(path, tmp_path / "runs")

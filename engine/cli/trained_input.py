@@ -17,7 +17,8 @@ def read_trained(path: Path, cache_dir: Path) -> tuple[ad.AnnData, Run]:
     A file whose genes are named by symbol with the run's ids in ``var["gene_ids"]`` (the
     dashboard's export) is named by id again, so the run finds its genes.
 
-    Raises ValueError, saying how to train it, when the file, its run id or the run is missing.
+    Raises ValueError, saying how to train it, when the file, its run id or the run is missing, or
+    the run has no model (imported from a file without training, :mod:`engine.runs.imported`).
     """
     import anndata as ad
 
@@ -34,6 +35,9 @@ def read_trained(path: Path, cache_dir: Path) -> tuple[ad.AnnData, Run]:
     trained = load_run(cache_dir, str(run_id))
     if trained is None:
         raise ValueError(f"run {run_id} not found in {cache_dir}: {train_first}")
+    if not trained.has_model:
+        raise ValueError(f"run {run_id} was opened from a file without training: it has no model for "
+                         f"scVI's differential expression; {train_first}")
     _ids_as_var_names(adata, trained.var_names)
     return adata, trained
 
