@@ -14,8 +14,9 @@ blobs of unequal sizes and spreads), then
   and its size as JSON (what Streamlit sends);
 - the selection of every cell inside a box and inside a concave lasso (a 5-pointed star of 400
   vertices) among all cells (:func:`dashboard.cell_scatter.cells_in_region`, best of 5);
-- the QC violins and the totals-vs-genes scatter of the Data page on 1M cells, with the subsample
-  they now draw and, for comparison, without it: build time and JSON size.
+- the QC violins and the totals-vs-genes scatter of the Data page on 1M cells, as the density view
+  they now are and, for comparison, as Plotly violins of every value: build time and JSON size;
+  and in the browser (below), the time until the four charts are drawn.
 
 Browser (``--no-browser`` skips it): ``python -m streamlit run benchmarks/explore_scale_app.py`` on a
 free port, driven by Debian's Chromium through Playwright (headless, software rendering, 1400 x 1000).
@@ -74,6 +75,15 @@ def synthetic_cells(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.n
     return coords, labels, value
 
 
+def qc_obs(n: int, seed: int = 0) -> pd.DataFrame:
+    """Per-cell QC metrics of ``n`` cells from 8 donors, as the Data page has them."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"total_counts": rng.lognormal(8, 0.6, n), "n_genes_by_counts": rng.lognormal(7, 0.4, n),
+                         "pct_counts_mt": rng.gamma(2, 2, n),
+                         "donor": pd.Categorical(rng.choice([f"donor{i}" for i in range(8)], n))},
+                        index=pd.RangeIndex(n).astype(str))
+
+
 def best_of(k: int, fn):
     times, result = [], None
     for _ in range(k):
@@ -114,16 +124,12 @@ def server_side(n: int, caps: list[int]) -> None:
         t, rows = best_of(5, lambda region=region: cells_in_region(coords, region))
         print(f"| {name} | {len(rows):,} | {t:.3f} |")
 
-    rng = np.random.default_rng(0)
-    obs = pd.DataFrame({"total_counts": rng.lognormal(8, 0.6, n), "n_genes_by_counts": rng.lognormal(7, 0.4, n),
-                        "pct_counts_mt": rng.gamma(2, 2, n),
-                        "donor": pd.Categorical(rng.choice([f"donor{i}" for i in range(8)], n))},
-                       index=pd.RangeIndex(n).astype(str))
+    obs = qc_obs(n)
     print(f"\n### Data page QC plots, {n:,} cells (server)\n")
     print("| figure | build (s) | JSON (MB) |")
     print("|---|---:|---:|")
     cases = [
-        ("3 violins by donor (subsample)", lambda: [qc_violin(obs, m, groupby="donor")
+        ("3 violins by donor (density view)", lambda: [qc_violin(obs, m, groupby="donor")
                                                     for m in ("total_counts", "n_genes_by_counts", "pct_counts_mt")]),
         ("3 violins by donor (every cell, before)", lambda: [qc_violin(obs, m, groupby="donor", max_points=n)
                                                              for m in ("total_counts", "n_genes_by_counts",
@@ -168,6 +174,9 @@ def app_server():
         log.close()
 
 
+# Plotly sets _fullData on a chart once it has drawn it
+PLOTTED = """() => { const g = [...document.querySelectorAll('.js-plotly-plot')];
+  return g.length >= 4 && g.every((x) => x._fullData && x._fullData.length && x.querySelector('.main-svg')); }"""
 DRAWN = "document.querySelector('.atlas-scatter') && document.querySelector('.atlas-scatter').dataset.drawn"
 
 
@@ -235,7 +244,23 @@ def browser_side(n: int, caps: list[int]) -> None:
                          after["JSHeapUsedSize"] / 2**20, selected_text))
             page.screenshot(path=f"/tmp/explore_scale_{points}.png")
             context.close()
+        qc = []
+        for label, cap in (("density view from every cell (now)", 50_000), ("every value sent (before)", n)):
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(600_000)
+            page.goto(f"{url}/?page=qc&n={n}&cap=1000")  # the synthetic metrics made once, not timed
+            page.wait_for_function(PLOTTED)
+            t0 = time.perf_counter()
+            page.goto(f"{url}/?page=qc&n={n}&cap={cap}")
+            page.wait_for_function(PLOTTED)
+            qc.append((label, time.perf_counter() - t0))
+            page.close()
         browser.close()
+    print(f"\n### Data page QC plots in the browser, {n:,} cells (3 violins by 8 donors + totals vs genes)\n")
+    print("| violins | page load to every chart drawn (s) |")
+    print("|---|---:|")
+    for label, seconds in qc:
+        print(f"| {label} | {seconds:.2f} |")
     print(f"\n### Browser, {n:,} cells (headless Chromium, software rendering)\n")
     print("| points drawn | first picture (s) | its canvas pass (ms) | colour change (s) | its canvas pass (ms) | "
           "first hover (s) | box selection (s) | JS heap used / total (MB) | after GC (MB) |")

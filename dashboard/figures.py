@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import DEFAULT_PLOTLY_COLORS
+
+DEFAULT_COLOURS = list(DEFAULT_PLOTLY_COLORS)  # Plotly's own violins cycle through these
 
 # Above this many cells a scatter draws a seeded random subsample and says so in its title.
 MAX_SCATTER_POINTS = 50_000
-# A QC violin is drawn from at most this many cells (each group keeps at least MIN_GROUP_POINTS, or
-# all its cells), a seeded random subsample: the browser computes a violin's density from every
-# value it is sent, 1M values per violin took seconds. Thresholds and kept counts use every cell.
-MAX_VIOLIN_POINTS = 100_000
-MIN_GROUP_POINTS = 1_000
+# Above this many cells the QC violins are a density view: each violin's outline is computed here from
+# every cell (a histogram smoothed with a Gaussian kernel) and its box from every cell's quartiles,
+# so the browser draws a few hundred points per violin instead of estimating the density of every
+# value it is sent (3 violins of 1M cells took 42 s to appear in Chromium; benchmarks/explore_scale.py).
+MAX_VIOLIN_POINTS = 50_000
+DENSITY_BINS = 200
+VIOLIN_HALF_WIDTH = 0.4  # in group slots
 
 QC_LABELS = {
     "total_counts": "Total counts per cell",
@@ -24,60 +29,93 @@ QC_LABELS = {
 MAX_TICK_CHARS = 14  # longer group names are shortened on violin axes
 
 
-def violin_rows(obs: pd.DataFrame, *, groupby: str | None = None, max_points: int = MAX_VIOLIN_POINTS,
-                seed: int = 0) -> np.ndarray:
-    """Rows a QC violin is drawn from: every cell up to ``max_points``, else a seeded random subsample.
+def violin_density(values: np.ndarray, *, bins: int = DENSITY_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Density of ``values`` on ``bins`` points from their minimum to their maximum (a violin's outline).
 
-    Each group keeps ``max_points / n_groups`` cells but at least ``MIN_GROUP_POINTS`` (or all of a
-    smaller group), so a small group's violin is not drawn from a handful of cells. Sorted.
+    A histogram of every value smoothed with a Gaussian kernel of Silverman's bandwidth (as Plotly's
+    violins), at least one bin wide; the density stops at the data's range, as ``spanmode="hard"``.
+    Returns ``(grid, density)``, the density scaled to a maximum of 1.
     """
-    codes = None if groupby is None else obs[groupby].astype("category").cat.codes.to_numpy()
-    return _violin_rows(len(obs), codes, max_points=max_points, seed=seed)
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.zeros(0), np.zeros(0)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.array([low, low]), np.ones(2)
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    grid = (edges[:-1] + edges[1:]) / 2
+    q1, q3 = np.percentile(values, [25, 75])
+    spread = min(values.std(), (q3 - q1) / 1.349) or values.std()
+    bandwidth = 0.9 * spread * values.size ** -0.2 / (edges[1] - edges[0])  # in bins
+    sigma = max(bandwidth, 1.0)
+    offsets = np.arange(-int(4 * sigma) - 1, int(4 * sigma) + 2)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    density = np.convolve(counts.astype(float), kernel / kernel.sum(), mode="same")
+    grid = np.concatenate([[low], grid, [high]])
+    density = np.concatenate([[density[0]], density, [density[-1]]])
+    return grid, density / density.max()
 
 
-def _violin_rows(n: int, codes: np.ndarray | None, *, max_points: int, seed: int) -> np.ndarray:
-    if n <= max_points:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    if codes is None:
-        return np.sort(rng.choice(n, max_points, replace=False))
-    n_groups = max(int(codes.max()) + 1, 1)
-    per_group = max(max_points // n_groups, MIN_GROUP_POINTS)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(n_groups + 1))
-    picked = []
-    for g in range(n_groups):
-        members = order[starts[g]:starts[g + 1]]
-        picked.append(members if len(members) <= per_group else rng.choice(members, per_group, replace=False))
-    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+def _box_stats(values: np.ndarray) -> dict[str, list[float]]:
+    """Quartiles and Tukey's fences (as Plotly's box): the extreme values within 1.5 IQR of the box."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    iqr = q3 - q1
+    low = values[values >= q1 - 1.5 * iqr].min()
+    high = values[values <= q3 + 1.5 * iqr].max()
+    return {"q1": [q1], "median": [median], "q3": [q3], "lowerfence": [low], "upperfence": [high]}
+
+
+def _density_violin(fig: go.Figure, values: np.ndarray, position: int, name: str, colour: str) -> None:
+    grid, density = violin_density(values)
+    if grid.size == 0:
+        return
+    half = VIOLIN_HALF_WIDTH * density
+    fig.add_trace(go.Scatter(
+        x=np.concatenate([position + half, (position - half)[::-1]]), y=np.concatenate([grid, grid[::-1]]),
+        fill="toself", mode="lines", line=dict(color=colour, width=1), fillcolor=colour, opacity=0.5,
+        name=name, showlegend=False, hoveron="fills", hoverinfo="text",
+        text=f"{name}: {np.isfinite(values).sum():,} cells"))
+    fig.add_trace(go.Box(x=[position], **_box_stats(values), name=name, width=0.08, showlegend=False,
+                         marker_color=colour, line=dict(color="#333333", width=1), fillcolor="white",
+                         hoverinfo="y"))
 
 
 def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
               lower: float | None = None, upper: float | None = None,
-              max_points: int = MAX_VIOLIN_POINTS, seed: int = 0) -> go.Figure:
+              max_points: int = MAX_VIOLIN_POINTS) -> go.Figure:
     """Violin (with box) of one per-cell QC metric, one violin per group, with threshold lines.
 
     The density stops at the data's range (no tail below 0 counts); long group names are shortened
     on the axis (the hover gives them whole) so the violins keep their width. Above ``max_points``
-    cells the violins are drawn from a random subsample (:func:`violin_rows`), which the title says.
+    cells the violins are a density view computed here from every cell (:func:`violin_density`),
+    which the title says.
     """
     label = QC_LABELS.get(metric, metric)
     values = obs[metric].to_numpy()
     groups = None if groupby is None else obs[groupby].astype("category")
-    codes = None if groups is None else groups.cat.codes.to_numpy()
-    rows = _violin_rows(len(obs), codes, max_points=max_points, seed=seed)
-    subsampled = len(rows) < len(obs)
-    if subsampled:
-        label = f"{label}<br><sup>random {len(rows):,} of {len(obs):,} cells shown</sup>"
-        values = values[rows]
-        codes = None if codes is None else codes[rows]
+    names: list[str] = ["all cells"] if groups is None else [str(name) for name in groups.cat.categories]
+    dense = len(obs) > max_points
     fig = go.Figure()
-    if groups is None:
+    if dense:
+        label = f"{label}<br><sup>densities of all {len(obs):,} cells</sup>"
+        if groups is None:
+            _density_violin(fig, values, 0, "all cells", "#4C78A8")
+        else:
+            codes = groups.cat.codes.to_numpy()
+            order = np.argsort(codes, kind="stable")
+            starts = np.searchsorted(codes[order], np.arange(len(names) + 1))
+            palette = DEFAULT_COLOURS
+            for code, name in enumerate(names):
+                _density_violin(fig, values[order[starts[code]:starts[code + 1]]], code, name,
+                                palette[code % len(palette)])
+    elif groups is None:
         fig.add_trace(go.Violin(y=values, name="all cells", box_visible=True, spanmode="hard",
                                 points=False, line_color="#4C78A8", showlegend=False))
-        names: list[str] = ["all cells"]
     else:
-        names = [str(name) for name in groups.cat.categories]
+        codes = groups.cat.codes.to_numpy()
         for code, name in enumerate(groups.cat.categories):
             fig.add_trace(go.Violin(y=values[codes == code], name=str(name), box_visible=True, points=False,
                                     spanmode="hard", showlegend=False, hoveron="violins",
@@ -89,12 +127,16 @@ def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
     # group names such as donor ids "1015" are labels, not numbers
     short = [n if len(n) <= MAX_TICK_CHARS else n[: MAX_TICK_CHARS - 1] + "…" for n in names]
     longest = max(map(len, short))
-    fig.update_xaxes(type="category", tickvals=names, ticktext=short, automargin=True,
-                     tickangle=-45 if longest > 6 and len(names) > 4 else 0)
+    tickangle = -45 if longest > 6 and len(names) > 4 else 0
+    if dense:  # the outlines are drawn at group positions 0, 1, ...
+        fig.update_xaxes(type="linear", tickvals=list(range(len(names))), ticktext=short, automargin=True,
+                         tickangle=tickangle, range=[-0.6, len(names) - 0.4], showgrid=False, zeroline=False)
+    else:
+        fig.update_xaxes(type="category", tickvals=names, ticktext=short, automargin=True, tickangle=tickangle)
     # The metric is in the panel's title; the y axis needs no second title on top of its ticks.
     fig.update_yaxes(automargin=True, rangemode="tozero")
     fig.update_layout(title=label, xaxis_title=groupby or "",
-                      margin=dict(l=10, r=10, t=60 if subsampled else 40, b=10),
+                      margin=dict(l=10, r=10, t=60 if dense else 40, b=10),
                       height=320 + (6 * longest if longest > 6 and len(names) > 4 else 0))
     return fig
 

@@ -64,7 +64,7 @@ with st.container(border=True):
         if root is None:
             st.info(f"Loading files from the server's disk is switched off. An administrator can "
                     f"allow it by starting the app with {loading.DATA_DIR_ENV}=/some/folder; files "
-                    f"larger than the upload limit ({upload_limit_text()}) are opened this way.")
+                    f"larger than the upload limit of {upload_limit_text()} are opened this way.")
         else:
             files = loading.server_files()
             if not files:
@@ -211,10 +211,10 @@ def quality_control() -> None:
             st.info(f"No gene name starts with {' or '.join(state.mito_prefixes) or '(no prefix)'}: "
                     "% mitochondrial is 0 for every cell. Change the prefixes if your mitochondrial "
                     "genes are named differently.")
-    if adata.n_obs > min(MAX_VIOLIN_POINTS, MAX_SCATTER_POINTS):
-        st.caption(f"{adata.n_obs:,} cells: the violins and the scatter are drawn from a random subsample "
-                   f"(each says how many cells it shows); the thresholds and the counts kept above use "
-                   f"every cell.")
+    if adata.n_obs > max(MAX_VIOLIN_POINTS, MAX_SCATTER_POINTS):
+        st.caption(f"{adata.n_obs:,} cells: the violins show densities computed from every cell; "
+                   f"the scatter below draws a random {MAX_SCATTER_POINTS:,} of them (its title says so). "
+                   f"The thresholds and the counts kept above always use every cell.")
     s1, s2 = st.columns([2, 1])
     s1.plotly_chart(totals_vs_genes(obs, kept=cells), width="stretch")
     s2.plotly_chart(gene_detection_histogram(adata.var["pct_cells_by_counts"]), width="stretch")
