@@ -37,6 +37,7 @@ from dashboard.progress import progress_bar
 from dashboard.state import AppState
 from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
+from engine.analysis import embedding as eemb
 from engine.preprocessing.normalize import TARGET_SUM, log_normalized
 
 Embedding = Literal["UMAP", "t-SNE"]
@@ -115,8 +116,27 @@ def _umap(run_id: str, key: str, latent: np.ndarray) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _tsne(run_id: str, key: str, _latent: np.ndarray) -> np.ndarray:
-    with progress_bar(f"t-SNE of {len(_latent):,} cells (first time only)") as show:
-        return run_long(tsne_job, _latent, seed=SEED, show=show)
+    subsample = tsne_subsample(len(_latent))
+    what = f"{len(_latent):,} cells" if subsample is None else f"a random {subsample:,} of {len(_latent):,} cells"
+    with progress_bar(f"t-SNE of {what} (first time only)") as show:
+        return run_long(tsne_job, _latent, seed=SEED, subsample=subsample, show=show)
+
+
+def tsne_subsample(n_cells: int) -> int | None:
+    """How many cells the dashboard's t-SNE embeds: all (None) up to the engine's cap, else the cap."""
+    return eemb.TSNE_MAX_CELLS if n_cells > eemb.TSNE_MAX_CELLS else None
+
+
+def tsne_offer(state: AppState, run) -> str | None:
+    """What to say before a t-SNE that would only be of a subsample (None: nothing to ask)."""
+    n = len(run.latent)
+    subsample = tsne_subsample(n)
+    if subsample is None or tsne_computed(state, run):
+        return None
+    return (f"A t-SNE of all {n:,} cells would take about {eemb.tsne_minutes(n):.0f} minutes. It can be "
+            f"computed on a random subsample of {subsample:,} cells (about "
+            f"{eemb.tsne_minutes(subsample):.0f} minutes); every other cell is then placed beside its "
+            f"nearest subsampled neighbours in the latent space. The UMAP shows every cell.")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

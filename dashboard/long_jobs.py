@@ -68,12 +68,12 @@ def graph_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> tuple:
     return adata.obsp["distances"], adata.obsp["connectivities"], dict(adata.uns["neighbors"]["params"])
 
 
-def tsne_job(latent: np.ndarray, *, seed: int, on_progress: Progress) -> np.ndarray:
-    """t-SNE of a latent space (cells x dimensions): ``(n_cells, 2)`` float32."""
+def tsne_job(latent: np.ndarray, *, seed: int, subsample: int | None = None, on_progress: Progress) -> np.ndarray:
+    """t-SNE of a latent space (cells x dimensions): ``(n_cells, 2)`` float32 (``subsample``: see engine's tsne)."""
     from engine.analysis import embedding as eemb
 
     adata = ad.AnnData(obsm={"X_scVI": np.asarray(latent, dtype=np.float32)}, shape=(len(latent), 0))
-    eemb.tsne(adata, use_rep="X_scVI", seed=seed, on_progress=lambda f: on_progress(f, ""))
+    eemb.tsne(adata, use_rep="X_scVI", seed=seed, subsample=subsample, on_progress=lambda f: on_progress(f, ""))
     return np.asarray(adata.obsm["X_tsne"], dtype=np.float32)
 
 

@@ -69,6 +69,12 @@ def scatter_panel() -> None:
 
     with chart:
         started = time.perf_counter()
+        offer = ex.tsne_offer(state, run) if kind == "t-SNE" else None
+        if offer is not None and not st.session_state.get(f"explore_tsne_subsample_{run.run_id}"):
+            st.info(offer, icon=":material/schedule:")
+            st.button("Compute the t-SNE of the subsample", key=f"explore_tsne_subsample_{run.run_id}",
+                      type="primary")
+            return
         coords = ex.embedding(state, run, kind)  # a progress bar the first time
         with st.spinner("Clustering the cells (first time only)..."):
             clusters = ex.cluster_labels(state, run, filtered)

@@ -8,9 +8,10 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
+from engine.analysis import neighbors as nb
 from engine.analysis.clustering import leiden, leiden_labels
 from engine.analysis.embedding import pca_uncorrected, tsne, umap
-from engine.analysis.neighbors import exact_knn, neighbors
+from engine.analysis.neighbors import approximate_knn, exact_knn, neighbors
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_neighbors_agree_with_sklearn_exact_knn(kang_graph):
         assert ours == set(ref[cell]) - {cell}
     assert kang_graph.uns["neighbors"]["params"] == {
         "n_neighbors": 15, "method": "umap", "random_state": 0, "metric": "euclidean",
-        "use_rep": "X_pca",
+        "use_rep": "X_pca", "knn_search": "exact",
     }
 
 
@@ -63,6 +64,26 @@ def test_high_dimensional_search_is_exact_too():
     ref_d, ref_i = NearestNeighbors(n_neighbors=8).fit(x).kneighbors(x)
     np.testing.assert_array_equal(indices, ref_i)
     np.testing.assert_allclose(distances, ref_d, atol=1e-6)
+
+
+@pytest.mark.slow  # pynndescent compiles its numba kernels on first use (~20-30 s)
+def test_approximate_search_recall_and_auto_threshold(kang, monkeypatch):
+    x = kang.obsm["X_pca"]
+    truth, true_d = exact_knn(x, n_neighbors=15)
+    found, found_d = approximate_knn(x, n_neighbors=15, seed=0)
+    assert found.shape == truth.shape == (kang.n_obs, 15)
+    assert (found[:, 0] == np.arange(kang.n_obs)).all() and (found_d[:, 0] == 0).all()
+    assert (np.diff(found_d, axis=1) >= 0).all()
+    recall = np.mean([len(np.intersect1d(a, b)) / 15 for a, b in zip(found, truth, strict=True)])
+    assert recall >= 0.95  # the bar; 0.99 measured at 100k and 1M cells
+    # Above the threshold "auto" switches to the approximate search and says so.
+    adata = ad.AnnData(obsm={"X_pca": x}, shape=(kang.n_obs, 0))
+    monkeypatch.setattr(nb, "APPROXIMATE_ABOVE", kang.n_obs - 1)
+    neighbors(adata, use_rep="X_pca")
+    assert adata.uns["neighbors"]["params"]["knn_search"] == "pynndescent"
+    assert (np.diff(adata.obsp["distances"].indptr) == 14).all()
+    with pytest.raises(ValueError, match="'auto', 'exact', 'approximate'"):
+        neighbors(adata, use_rep="X_pca", method="annoy")
 
 
 def test_connectivities_symmetric_in_unit_interval(kang_graph):
@@ -286,3 +307,19 @@ def test_tsne_shape_deterministic_and_separates_cell_types(kang):
     assert _neighbourhood_cell_type_accuracy(y, labels) > in_latent - 0.05
     with pytest.raises(ValueError, match="perplexity"):
         tsne(a, use_rep="X_pca", perplexity=500)
+
+
+def test_tsne_above_the_cap_refuses_then_embeds_a_subsample(kang, monkeypatch):
+    import engine.analysis.embedding as emb
+
+    a = kang.copy()
+    monkeypatch.setattr(emb, "TSNE_MAX_CELLS", 1000)
+    with pytest.raises(ValueError, match=r"subsample of 1,000 cells"):
+        tsne(a, use_rep="X_pca")
+    tsne(a, use_rep="X_pca", subsample=1000, seed=0)
+    y = a.obsm["X_tsne"]
+    assert y.shape == (a.n_obs, 2) and np.isfinite(y).all()
+    assert a.uns["tsne"]["params"]["subsample"] == 1000
+    # Placed cells land among their own kind: the cell-type neighbourhoods survive the placement.
+    labels = a.obs["cell_type"].to_numpy()
+    assert _neighbourhood_cell_type_accuracy(y, labels) > 0.8

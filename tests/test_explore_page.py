@@ -162,11 +162,20 @@ def test_batch_panel_shows_embeddings_and_metrics(app):
     assert any(t.startswith("scVI latent: by cluster") for t in titles)
 
 
-def test_tsne_is_computed_when_chosen_and_exported(app):
+def test_tsne_is_computed_when_chosen_and_exported(app, monkeypatch):
     at, state, run = app
+    # Above the engine's cap the page offers a subsample first (the cap lowered to this data's size).
+    import engine.analysis.embedding as eemb
+
+    monkeypatch.setattr(eemb, "TSNE_MAX_CELLS", state.filtered.n_obs // 2)
     at.radio(key="explore_embedding").set_value("t-SNE").run()
     assert not at.exception, at.exception
+    assert any(f"random subsample of {state.filtered.n_obs // 2:,} cells" in i.value for i in at.info)
+    assert not at.get("bidi_component")
+    at.button(key=f"explore_tsne_subsample_{run.run_id}").click().run()
+    assert not at.exception, at.exception
     assert "t-SNE" in scatter(at)["title"]
+    assert not any("random subsample" in i.value for i in at.info)
     # The session remembers the choice, so the export includes the t-SNE.
     assert (run.run_id, state.filtered_key) in state.tsne_requested
     ex.save_group(state, "first ten", state.filtered.obs_names[:10].to_numpy())

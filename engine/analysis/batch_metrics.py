@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from engine.analysis.neighbors import exact_knn, representation
+from engine.analysis.neighbors import knn, representation
 from engine.checks import obs_column
 from engine.logs import timed
 
@@ -132,7 +132,8 @@ def batch_mixing(
 
     Compare the uncorrected PCA (:func:`engine.analysis.embedding.pca_uncorrected`, ``rep="X_pca"``) with
     the scVI latent (``rep="X_scVI"``) to see what the correction did. Silhouettes use a seeded
-    subsample of at most 5,000 cells; entropy and iLISI use the exact kNN of every cell.
+    subsample of at most 5,000 cells; entropy and iLISI use the kNN of every cell
+    (exact, or approximate above ``engine.analysis.neighbors.APPROXIMATE_ABOVE`` cells).
     """
     x = representation(adata, rep)
     batches = _codes(adata, batch_key, "batch")
@@ -143,7 +144,7 @@ def batch_mixing(
     if not 3 <= n_neighbors < adata.n_obs:
         raise ValueError(f"n_neighbors={n_neighbors} must be between 3 and n_cells - 1")
 
-    indices, distances = exact_knn(x, n_neighbors=n_neighbors + 1)
+    indices, distances, _ = knn(x, n_neighbors=n_neighbors + 1, seed=seed)
     indices, distances = indices[:, 1:], distances[:, 1:]  # the cell itself says nothing of mixing
     neighbour_batches = batches[indices]
     entropy = float(knn_batch_entropy(neighbour_batches, n_batches).mean())

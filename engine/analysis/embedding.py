@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from engine.analysis.neighbors import exact_knn, representation
+from engine.analysis.neighbors import knn, representation
 from engine.logs import timed
 from engine.preprocessing.normalize import log_normalized
 
@@ -29,6 +29,13 @@ _NEGATIVE_SAMPLE_RATE = 5
 _TSNE_EXAGGERATED = 250
 _TSNE_PLAIN = 500
 _TSNE_THREADS = 2
+# FFT t-SNE costs O(n) per iteration: 750 iterations took 222 s for 100k cells on 2 busy cores
+# (load 4.4), 2.2 ms per cell. Above TSNE_MAX_CELLS (about 7 min) :func:`tsne` refuses and offers
+# a subsample of that size instead, to stay within the 10 min a user can be asked to wait.
+TSNE_MAX_CELLS = 200_000
+_TSNE_SECONDS_PER_CELL = 2.2e-3
+# Cells left out of a subsampled t-SNE sit at the mean position of this many nearest subsampled cells.
+_TSNE_PLACEMENT_NEIGHBOURS = 5
 _SPREAD = 1.0
 
 
@@ -217,6 +224,11 @@ def umap(
     adata.uns["umap"] = {"params": {"min_dist": float(min_dist), "n_epochs": int(n_epochs), "seed": int(seed)}}
 
 
+def tsne_minutes(n_cells: int) -> float:
+    """Rough minutes a t-SNE of ``n_cells`` takes on this project's 2-core machines."""
+    return n_cells * _TSNE_SECONDS_PER_CELL / 60.0
+
+
 @timed
 def tsne(
     adata: AnnData,
@@ -224,33 +236,76 @@ def tsne(
     use_rep: str = "X_scVI",
     perplexity: float = 30.0,
     seed: int = 0,
+    subsample: int | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
     """t-SNE of ``obsm[use_rep]`` into ``obsm["X_tsne"]``: openTSNE with FFT-accelerated gradients.
 
     FIt-SNE's interpolation (Linderman et al. 2019) makes each iteration O(n): 12k cells take
     ~15-20 s on 2 cores where scikit-learn's Barnes-Hut took minutes (BENCHMARKS.md, "t-SNE").
-    Affinities come from the exact ``3 * perplexity`` nearest neighbours (our own search, so
-    openTSNE's approximate index and its compilation are never needed); PCA initialisation; 250
-    iterations of early exaggeration (12) then 500 plain ones, as openTSNE's defaults. The FFT grid
-    uses 2 intervals per unit of the embedding (openTSNE: 1), which keeps the late iterations fast
-    as the embedding spreads, at no measured loss of trustworthiness (0.982 both ways on 12k cells).
+    Affinities come from the ``3 * perplexity`` nearest neighbours (our own search, so openTSNE's
+    index and its compilation are never needed); PCA initialisation; 250 iterations of early
+    exaggeration (12) then 500 plain ones, as openTSNE's defaults. The FFT grid uses 2 intervals
+    per unit of the embedding (openTSNE: 1), which keeps the late iterations fast as the embedding
+    spreads, at no measured loss of trustworthiness (0.982 both ways on 12k cells).
+
+    Above :data:`TSNE_MAX_CELLS` cells it refuses (a ValueError that says how long it would take)
+    unless ``subsample`` is given: then the t-SNE is of ``subsample`` random cells (seeded) and
+    every other cell is placed at the mean position of its 5 nearest subsampled cells in
+    ``use_rep`` (as openTSNE's ``transform`` initialises new points, without its optimisation).
 
     ``on_progress`` receives the fraction done (0 to 1) every 25 iterations. Writes
-    ``obsm["X_tsne"]`` (float32) and ``uns["tsne"] = {"params": {...}}``.
+    ``obsm["X_tsne"]`` (float32) and ``uns["tsne"] = {"params": {...}}`` (``subsample``: the number
+    of cells embedded, None when all were).
     """
     x = representation(adata, use_rep)
-    if not 1.0 <= perplexity < (adata.n_obs - 1) / 3:
+    n = adata.n_obs
+    if subsample is not None and not 2 < subsample:
+        raise ValueError(f"subsample={subsample} must be more than 2 cells")
+    if subsample is None or subsample >= n:
+        subsample = None
+        if n > TSNE_MAX_CELLS:
+            raise ValueError(
+                f"A t-SNE of {n:,} cells would take about {tsne_minutes(n):.0f} minutes on this machine: "
+                f"compute it on a random subsample of {TSNE_MAX_CELLS:,} cells instead (subsample="
+                f"{TSNE_MAX_CELLS}; about {tsne_minutes(TSNE_MAX_CELLS):.0f} minutes, the other cells "
+                "placed beside their nearest subsampled neighbours), or use the UMAP")
+    rows = np.arange(n) if subsample is None else np.sort(
+        np.random.default_rng(seed).choice(n, size=subsample, replace=False))
+    m = rows.size
+    if not 1.0 <= perplexity < (m - 1) / 3:
         raise ValueError(
             f"perplexity={perplexity} must be at least 1 and below (n_cells - 1) / 3 = "
-            f"{(adata.n_obs - 1) / 3:.1f}: pick a smaller perplexity"
+            f"{(m - 1) / 3:.1f}: pick a smaller perplexity"
         )
+    embedded = _tsne_layout(np.ascontiguousarray(x[rows], dtype=np.float64), perplexity=perplexity,
+                            seed=seed, on_progress=on_progress)
+    if subsample is None:
+        layout = embedded
+    else:
+        layout = np.empty((n, 2), dtype=np.float32)
+        layout[rows] = embedded
+        others = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+        from scipy.spatial import cKDTree
+
+        _, nearest = cKDTree(x[rows]).query(x[others], k=_TSNE_PLACEMENT_NEIGHBOURS, workers=-1)
+        layout[others] = embedded[nearest].mean(axis=1)
+    if on_progress is not None:
+        on_progress(1.0)
+    adata.obsm["X_tsne"] = layout
+    adata.uns["tsne"] = {
+        "params": {"use_rep": use_rep, "perplexity": float(perplexity), "seed": int(seed), "method": "fft",
+                   "subsample": None if subsample is None else int(subsample)}
+    }
+
+
+def _tsne_layout(x: np.ndarray, *, perplexity: float, seed: int,
+                 on_progress: Callable[[float], None] | None) -> np.ndarray:
     from openTSNE import TSNEEmbedding, affinity, initialization
     from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    k = min(int(3 * perplexity) + 1, adata.n_obs - 1)
-    indices, distances = exact_knn(x, n_neighbors=k)
+    k = min(int(3 * perplexity) + 1, x.shape[0] - 1)
+    indices, distances, _ = knn(x, n_neighbors=k, seed=seed)
     neighbours = PrecomputedNeighbors(indices[:, 1:], distances[:, 1:])  # without the cell itself
     affinities = affinity.PerplexityBasedNN(perplexity=perplexity, knn_index=neighbours, n_jobs=_TSNE_THREADS)
     start = initialization.pca(x, random_state=seed)
@@ -259,7 +314,7 @@ def tsne(
     def report(done: int) -> Callable[[int, float, np.ndarray], bool]:
         def callback(iteration: int, error: float, embedding: np.ndarray) -> bool:
             if on_progress is not None:
-                on_progress(min((done + iteration) / total, 1.0))
+                on_progress(min((done + iteration) / total, 0.99))
             return False  # never stop early
 
         return callback
@@ -272,12 +327,7 @@ def tsne(
         _TSNE_EXAGGERATED, exaggeration=12, momentum=0.5, callbacks=report(0), **common
     )
     embedding = embedding.optimize(_TSNE_PLAIN, momentum=0.8, callbacks=report(_TSNE_EXAGGERATED), **common)
-    if on_progress is not None:
-        on_progress(1.0)
-    adata.obsm["X_tsne"] = np.asarray(embedding, dtype=np.float32)
-    adata.uns["tsne"] = {
-        "params": {"use_rep": use_rep, "perplexity": float(perplexity), "seed": int(seed), "method": "fft"}
-    }
+    return np.asarray(embedding, dtype=np.float32)
 
 
 @timed

@@ -5,9 +5,13 @@ exactly as ``scanpy.pp.neighbors(method="umap")`` would, so scanpy's own tools (
 ``sc.tl.leiden``, ``sc.tl.paga``) read them unchanged. It differs from scanpy only in *how* it gets
 there, because the dashboard needs its first view within seconds of server start:
 
-- the search is exact (a KD-tree on low-dimensional latents, brute force above that) instead of
-  pynndescent's approximate search, whose numba kernels take tens of seconds to compile on first
-  use; on a 10-dimensional latent of 12k cells the exact search takes well under a second;
+- up to :data:`APPROXIMATE_ABOVE` cells the search is exact (a KD-tree on low-dimensional latents,
+  brute force above that) instead of pynndescent's approximate search, whose numba kernels take
+  20-30 s to compile on first use in a process; on a 10-dimensional latent of 12k cells the exact
+  search takes well under a second. Above it the exact search grows faster than the cells (3.6 s
+  at 100k, 125 s at 300k, 266 s at 1M on 2 cores) and pynndescent (what scanpy uses) takes over:
+  9.6 s at 300k and 31 s at 1M once compiled, recall@15 0.99 against the exact search
+  (``benchmarks/neighbors_scale.py``, BENCHMARKS.md "Neighbours at atlas scale");
 - the fuzzy connectivities use a vectorised NumPy port of umap-learn's ``smooth_knn_dist`` and
   ``compute_membership_strengths`` (McInnes et al. 2018), for the same reason (importing
   ``umap`` compiles pynndescent's kernels); the result matches ``umap.umap_.fuzzy_simplicial_set``
@@ -16,11 +20,22 @@ there, because the dashboard needs its first view within seconds of server start
 
 from __future__ import annotations
 
+import logging
+from typing import Literal, get_args
+
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
 from engine.logs import timed
+
+logger = logging.getLogger(__name__)
+
+KnnMethod = Literal["auto", "exact", "approximate"]
+# "auto" searches approximately above this many cells: where the exact search costs more than
+# pynndescent's first-use compilation (measured: 100k exact 3.6 s; 300k exact 125 s vs
+# pynndescent 34 s compiling included).
+APPROXIMATE_ABOVE = 150_000
 
 # Constants of umap-learn's smooth_knn_dist, kept identical so the graphs agree.
 _SMOOTH_K_TOLERANCE = 1e-5
@@ -81,6 +96,56 @@ def exact_knn(x: np.ndarray, *, n_neighbors: int) -> tuple[np.ndarray, np.ndarra
     distances = np.asarray(distances, dtype=np.float64)
     _put_self_first(indices, distances)
     return indices, distances
+
+
+def approximate_knn(x: np.ndarray, *, n_neighbors: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate Euclidean k nearest neighbours: pynndescent's NN-descent, as scanpy uses.
+
+    Same layout as :func:`exact_knn` (self first, sorted by distance).
+    Recall@15 against the exact search: 0.995 at 100k cells and 0.991 at 1M (10-dim latents).
+    The first call in a process compiles pynndescent's numba kernels (20-30 s on 2 cores).
+    """
+    n = x.shape[0]
+    if not 2 <= n_neighbors <= n:
+        raise ValueError(f"n_neighbors={n_neighbors} must be between 2 and the number of cells ({n})")
+    from pynndescent import NNDescent
+
+    index = NNDescent(
+        np.ascontiguousarray(x, dtype=np.float32), n_neighbors=n_neighbors, metric="euclidean",
+        random_state=seed, n_jobs=-1, low_memory=True,
+    )
+    indices, distances = index.neighbor_graph
+    indices = np.asarray(indices, dtype=np.int64)
+    distances = np.asarray(distances, dtype=np.float64)
+    # NN-descent can leave -1 (no neighbour found) on isolated points: fill with the cell itself,
+    # which the fuzzy graph ignores (self-edges get weight 0).
+    missing = indices < 0
+    if missing.any():
+        rows = np.nonzero(missing)[0]
+        indices[missing] = rows
+        distances[missing] = 0.0
+    order = np.argsort(distances, axis=1, kind="stable")
+    indices = np.take_along_axis(indices, order, axis=1)
+    distances = np.take_along_axis(distances, order, axis=1)
+    _put_self_first(indices, distances)
+    return indices, distances
+
+
+def knn(
+    x: np.ndarray, *, n_neighbors: int, method: KnnMethod = "auto", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The k nearest neighbours by ``method``: ``indices, distances`` and the search used.
+
+    The search used is "exact" or "pynndescent".
+    ``"auto"`` is exact up to :data:`APPROXIMATE_ABOVE` cells and approximate above.
+    """
+    if method not in get_args(KnnMethod):
+        raise ValueError(f"method must be one of {', '.join(map(repr, get_args(KnnMethod)))}, got {method!r}")
+    approximate = method == "approximate" or (method == "auto" and x.shape[0] > APPROXIMATE_ABOVE)
+    if approximate:
+        logger.info("approximate kNN (pynndescent) of %d cells", x.shape[0])
+        return (*approximate_knn(x, n_neighbors=n_neighbors, seed=seed), "pynndescent")
+    return (*exact_knn(x, n_neighbors=n_neighbors), "exact")
 
 
 def _put_self_first(indices: np.ndarray, distances: np.ndarray) -> None:
@@ -200,9 +265,10 @@ def knn_distance_matrix(indices: np.ndarray, distances: np.ndarray) -> sp.csr_ma
 
 @timed
 def neighbors(
-    adata: AnnData, *, use_rep: str = "X_scVI", n_neighbors: int = DEFAULT_N_NEIGHBORS, seed: int = 0
+    adata: AnnData, *, use_rep: str = "X_scVI", n_neighbors: int = DEFAULT_N_NEIGHBORS, seed: int = 0,
+    method: KnnMethod = "auto",
 ) -> None:
-    """Compute the kNN graph of ``adata.obsm[use_rep]`` (Euclidean, exact) in place.
+    """Compute the kNN graph of ``adata.obsm[use_rep]`` (Euclidean) in place.
 
     Parameters
     ----------
@@ -213,8 +279,11 @@ def neighbors(
     n_neighbors
         Neighbourhood size, counting the cell itself (scanpy's convention).
     seed
-        Recorded in ``uns["neighbors"]["params"]["random_state"]`` as scanpy does; the exact search
-        itself is deterministic.
+        Recorded in ``uns["neighbors"]["params"]["random_state"]`` as scanpy does; seeds the
+        approximate search (the exact one is deterministic).
+    method
+        ``"exact"``, ``"approximate"`` (pynndescent) or ``"auto"``: exact up to
+        :data:`APPROXIMATE_ABOVE` cells. The search used is recorded as ``params["knn_search"]``.
 
     Writes
     ------
@@ -224,10 +293,10 @@ def neighbors(
         CSR, UMAP fuzzy-union weights: symmetric, in (0, 1].
     ``uns["neighbors"]``
         ``{"connectivities_key", "distances_key", "params": {n_neighbors, method, random_state,
-        metric, use_rep}}``, the layout scanpy writes and reads.
+        metric, use_rep, knn_search}}``, the layout scanpy writes and reads.
     """
     x = representation(adata, use_rep)
-    indices, distances = exact_knn(x, n_neighbors=n_neighbors)
+    indices, distances, search = knn(x, n_neighbors=n_neighbors, method=method, seed=seed)
     adata.obsp["distances"] = knn_distance_matrix(indices, distances)
     adata.obsp["connectivities"] = fuzzy_connectivities(indices, distances)
     adata.uns["neighbors"] = {
@@ -239,5 +308,6 @@ def neighbors(
             "random_state": int(seed),
             "metric": "euclidean",
             "use_rep": use_rep,
+            "knn_search": search,
         },
     }
