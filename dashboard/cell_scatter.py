@@ -105,11 +105,15 @@ def cell_scatter(coords: np.ndarray, *, colouring: Colouring, clusters: pd.Categ
     data, rows = scatter_data(coords, colouring=colouring, clusters=clusters, title=title, point_size=point_size,
                               opacity=opacity, labels_on_data=labels_on_data, height=height,
                               max_points=max_points)
-    result = _COMPONENT(data=data, key=key, default={"selection": None}, height=height + 40,
+    # room for the title, and for its second line when it says the points are a subsample
+    result = _COMPONENT(data=data, key=key, default={"selection": None},
+                        height=height + (64 if "<br>" in data["title"] else 40),
                         on_selection_change=lambda: None)
     selected = selected_rows(result.selection if result is not None else None, data["xy_rev"], coords)
     n = len(coords)
-    n_selected_drawn = len(selected) if len(rows) == n else int(np.isin(selected, rows, assume_unique=True).sum())
+    drawn = np.zeros(n, dtype=bool)
+    drawn[rows] = True
+    n_selected_drawn = int(drawn[selected].sum())
     return ScatterResult(selected, n, len(rows), n_selected_drawn)
 
 
