@@ -9,7 +9,10 @@ change of colour, point size or group recomputes nothing but the colour vector:
 - the batch-correction comparison (uncorrected PCA + UMAP, batch-mixing metrics), on demand.
 
 The graph with the UMAP, the t-SNE and the batch panel are long jobs: they run on the Dask
-cluster's workers when it is up (:mod:`dashboard.long_jobs`); the results are cached here.
+cluster's workers when it is up (:mod:`dashboard.long_jobs`); the results are cached here. The
+UMAP, the t-SNE, the graph and the Leiden labels of each resolution are also kept in the run's
+folder (:mod:`engine.runs.views`): at 1M cells a restarted server shows them in seconds, where
+computing them again takes minutes.
 
 The Export and Differential expression pages use :func:`cluster_labels`, :func:`explored_adata`
 and ``state.cell_groups`` (name -> obs_names), which the functions here keep.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import anndata as ad
@@ -39,6 +43,7 @@ from engine.analysis import batch_metrics as ebm
 from engine.analysis import clustering as eclust
 from engine.analysis import embedding as eemb
 from engine.preprocessing.normalize import TARGET_SUM, log_normalized
+from engine.runs import views as eviews
 
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
@@ -86,32 +91,47 @@ class Graph:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _first_view(run_id: str, key: str, _latent: np.ndarray) -> tuple[Graph, np.ndarray]:
-    """The latent's kNN graph (kept here for Leiden at any resolution) and its UMAP, from one long job."""
+def _first_view(run_id: str, key: str, _latent: np.ndarray, _run_path: Path | None) -> tuple[Graph, np.ndarray]:
+    """The latent's kNN graph (kept here for Leiden at any resolution) and its UMAP, from one long job.
+
+    Both are kept in the run's folder (:mod:`engine.runs.views`), so no server computes them twice.
+    """
     with progress_bar(f"UMAP of {len(_latent):,} cells (first time only)") as show:
         distances, connectivities, params, coords = run_long(first_view_job, _latent, seed=SEED, show=show)
+    if _run_path is not None:
+        eviews.save_view(_run_path, "X_umap", coords)
+        eviews.save_graph(_run_path, distances, connectivities, params)
     return Graph(distances, connectivities, params), coords
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _graph(run_id: str, key: str, _latent: np.ndarray) -> Graph:
-    """The kNN graph alone, for a run that brings its own UMAP (imported from a file)."""
+def _graph(run_id: str, key: str, _latent: np.ndarray, _run_path: Path | None) -> Graph:
+    """The kNN graph alone, when the UMAP is already there (a file's own, or kept in the run's folder)."""
+    kept = eviews.load_graph(_run_path, n_cells=len(_latent))
+    if kept is not None:
+        return Graph(*kept)
     with progress_bar(f"Neighbour graph of {len(_latent):,} cells, to cluster them again (first time only)") as show:
-        return Graph(*run_long(graph_job, _latent, seed=SEED, show=show))
+        graph = Graph(*run_long(graph_job, _latent, seed=SEED, show=show))
+    if _run_path is not None:
+        eviews.save_graph(_run_path, graph.distances, graph.connectivities, graph.params)
+    return graph
 
 
-def _latent_graph(run_id: str, key: str, latent: np.ndarray, graph_only: bool = False) -> Graph:
-    return _graph(run_id, key, latent) if graph_only else _first_view(run_id, key, latent)[0]
+def _graph_only(run) -> bool:
+    """Whether Leiden needs only the graph: the UMAP is the file's own or kept, so no first view is computed."""
+    return "X_umap" in run.embeddings or (run.path is not None and (run.path / "views" / "graph").is_dir())
 
 
-def _adata_with_graph(run_id: str, key: str, latent: np.ndarray, graph_only: bool = False) -> ad.AnnData:
-    adata = _latent_adata(latent, len(latent))
-    _latent_graph(run_id, key, latent, graph_only).write(adata)
+def _latent_graph(run, key: str) -> Graph:
+    if _graph_only(run):
+        return _graph(run.run_id, key, run.latent, run.path)
+    return _first_view(run.run_id, key, run.latent, run.path)[0]
+
+
+def _adata_with_graph(run, key: str) -> ad.AnnData:
+    adata = _latent_adata(run.latent, len(run.latent))
+    _latent_graph(run, key).write(adata)
     return adata
-
-
-def _umap(run_id: str, key: str, latent: np.ndarray) -> np.ndarray:
-    return _first_view(run_id, key, latent)[1]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -140,11 +160,18 @@ def tsne_offer(state: AppState, run) -> str | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _leiden(run_id: str, key: str, resolution: float, _latent: np.ndarray,
-            graph_only: bool = False) -> tuple[np.ndarray, dict]:
-    adata = _adata_with_graph(run_id, key, _latent, graph_only)
+def _leiden(run_id: str, key: str, resolution: float, _run) -> tuple[np.ndarray, dict]:
+    kept = eviews.load_view(_run.path, eviews.leiden_view(resolution), n_cells=len(_run.latent))
+    if kept is not None:
+        # what engine's leiden() writes to uns["leiden"], for the kept labels
+        return kept.astype(str), {"resolution": float(resolution), "n_clusters": len(set(kept)),
+                                  "seed": SEED, "flavor": "igraph"}
+    adata = _adata_with_graph(_run, key)
     eclust.leiden(adata, resolution=resolution, seed=SEED)
-    return adata.obs["leiden"].astype(str).to_numpy(), dict(adata.uns.get("leiden", {}))
+    labels = adata.obs["leiden"].astype(str).to_numpy()
+    if _run.path is not None:
+        eviews.save_view(_run.path, eviews.leiden_view(resolution), labels)
+    return labels, dict(adata.uns.get("leiden", {}))
 
 
 def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
@@ -154,19 +181,32 @@ def embedding(state: AppState, run, kind: Embedding = "UMAP") -> np.ndarray:
     t-SNE being computed shows a progress bar where it is called.
     """
     _check(kind, Embedding, "kind")
-    own = run.embeddings.get(OWN_EMBEDDINGS[kind])
+    name = OWN_EMBEDDINGS[kind]
+    own = run.embeddings.get(name)
     if own is not None:
         return own
+    if kind == "t-SNE":
+        state.tsne_requested.add((run.run_id, state.filtered_key))
+    kept = _kept_view(run.run_id, name, run.path, len(run.latent))
+    if kept is not None:
+        return kept
     if kind == "UMAP":
-        return _umap(run.run_id, state.filtered_key, run.latent)
+        return _first_view(run.run_id, state.filtered_key, run.latent, run.path)[1]
     tsne = _tsne(run.run_id, state.filtered_key, run.latent)
-    state.tsne_requested.add((run.run_id, state.filtered_key))
+    if run.path is not None:
+        eviews.save_view(run.path, name, tsne)
     return tsne
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _kept_view(run_id: str, name: str, _run_path: Path | None, n_cells: int) -> np.ndarray | None:
+    return eviews.load_view(_run_path, name, n_cells=n_cells)
 
 
 def tsne_computed(state: AppState, run) -> bool:
     """Whether this session asked for the t-SNE of ``run``, or the run brings its own (then it is exported)."""
-    return "X_tsne" in run.embeddings or (run.run_id, state.filtered_key) in state.tsne_requested
+    return ("X_tsne" in run.embeddings or (run.run_id, state.filtered_key) in state.tsne_requested
+            or (run.path is not None and (run.path / "views" / "X_tsne.npy").is_file()))
 
 
 def own_clusters(state: AppState, run) -> bool:
@@ -177,9 +217,8 @@ def own_clusters(state: AppState, run) -> bool:
 def _leiden_of(state: AppState, run) -> tuple[np.ndarray, dict]:
     if own_clusters(state, run):
         return run.clusters, {"resolution": float(state.leiden_resolution), "source": "obs['leiden'] of the file"}
-    # A run with its own UMAP needs only the graph to cluster again, not a UMAP too.
-    return _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run.latent,
-                   "X_umap" in run.embeddings)
+    # A run with its own (or kept) UMAP needs only the graph to cluster again, not a UMAP too.
+    return _leiden(run.run_id, state.filtered_key, float(state.leiden_resolution), run)
 
 
 def leiden_clusters(state: AppState, run) -> pd.Categorical:

@@ -114,6 +114,32 @@ def test_leiden_slider_changes_the_number_of_clusters(app):
     at.slider(key="explore_resolution").set_value(1.0).run()
 
 
+def test_a_restarted_server_shows_the_kept_views_without_computing(app, monkeypatch):
+    import streamlit as st
+
+    at, state, run = app
+    before = decode(scatter(at)["xy"], np.float32)
+    labels = ex.cluster_labels(state, run, state.filtered).to_numpy().astype(str)
+    kept = {p.name for p in (run.path / "views").iterdir()}
+    assert {"X_umap.npy", "leiden-1.npy", "graph"} <= kept
+    # A new server: nothing in Streamlit's caches, and no long job may run.
+    st.cache_data.clear()
+
+    def no_long_jobs(job, *args, **kwargs):
+        raise AssertionError(f"{job.__name__} ran although its result was kept")
+
+    monkeypatch.setattr(ex, "run_long", no_long_jobs)
+    at.run()
+    assert not at.exception, at.exception
+    np.testing.assert_array_equal(decode(scatter(at)["xy"], np.float32), before)
+    assert (ex.cluster_labels(state, run, state.filtered).to_numpy().astype(str) == labels).all()
+    # Another resolution clusters the kept graph (no neighbour search).
+    at.slider(key="explore_resolution").set_value(0.5).run()
+    assert not at.exception, at.exception
+    assert (run.path / "views" / "leiden-0.5.npy").is_file()
+    at.slider(key="explore_resolution").set_value(1.0).run()
+
+
 def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
     at, state, run = app
     at.selectbox(key="explore_source").set_value("Cluster").run()
