@@ -309,3 +309,20 @@ def test_check_counts_kinds(kang):
     result = check_counts(logged, name="X")
     assert result.kind == "log-transformed"
     assert "0.693" in result.message and "raw counts" in result.message
+
+
+def test_dropping_empty_cells_and_genes_in_place_equals_slicing():
+    from engine.reading.load import _without_empty
+
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.3, size=(60, 40)).astype(np.float32)
+    dense[[3, 17, 59]] = 0  # empty cells
+    dense[:, [0, 5, 6, 39]] = 0  # empty genes
+    counts = sparse.csr_matrix(dense)
+    keep_cells = np.diff(counts.indptr) > 0
+    keep_genes = np.bincount(counts.indices, minlength=40) > 0
+    expected = counts[keep_cells][:, keep_genes].toarray()
+    data = counts.data
+    result = _without_empty(counts, keep_cells, keep_genes)
+    assert result.shape == (57, 36) and np.shares_memory(result.data, data)  # the values are not copied
+    np.testing.assert_array_equal(result.toarray(), expected)

@@ -300,6 +300,27 @@ def _to_csr_float32(matrix) -> sparse.csr_matrix:
     return csr
 
 
+_REMAP_CHUNK = 1 << 24  # stored values renumbered per step: a 64 MB temporary at most
+
+
+def _without_empty(counts: sparse.csr_matrix, keep_cells: np.ndarray, keep_genes: np.ndarray) -> sparse.csr_matrix:
+    """``counts[keep_cells][:, keep_genes]`` where the dropped rows and columns hold no values, without a copy.
+
+    Slicing copies the whole matrix (twice), which put reading a 100k x 15k file at 3.3x the CSR
+    size; dropping rows and columns that hold nothing only needs a shorter ``indptr`` and the
+    column numbers renumbered in place.
+    """
+    indptr = counts.indptr[np.concatenate([[0], np.flatnonzero(keep_cells) + 1])]
+    indices = counts.indices
+    if not keep_genes.all():
+        new_column = (np.cumsum(keep_genes) - 1).astype(indices.dtype)
+        for start in range(0, indices.size, _REMAP_CHUNK):
+            chunk = indices[start:start + _REMAP_CHUNK]
+            chunk[:] = new_column[chunk]
+    return sparse.csr_matrix((counts.data, indices, indptr), shape=(int(keep_cells.sum()), int(keep_genes.sum())),
+                             copy=False)
+
+
 def _drop_empty(
     counts: sparse.csr_matrix, obs: pd.DataFrame, var: pd.DataFrame, shown: str
 ) -> tuple[sparse.csr_matrix, pd.DataFrame, pd.DataFrame, int, int]:
@@ -321,7 +342,7 @@ def _drop_empty(
         )
     if keep_cells.all() and keep_genes.all():
         return counts, obs, var, 0, 0
-    counts = counts[keep_cells][:, keep_genes]
+    counts = _without_empty(counts, keep_cells, keep_genes)
     return (
         counts,
         obs.iloc[keep_cells].copy(),
