@@ -119,6 +119,23 @@ def test_run_id_depends_on_what_changes_the_result(small):
     assert data_hash(renamed) != data_hash(small)
 
 
+def test_data_hash_is_that_of_the_arrays_bytes(small):
+    # the arrays are hashed in place (no .tobytes() copy of a 1M-cell matrix): the hash, and so every
+    # cached run's id, must stay what it was
+    import hashlib
+
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(small.X, dtype=np.float32)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(counts.shape, dtype=np.int64).tobytes())
+    h.update(counts.indptr.astype(np.int64).tobytes())
+    h.update(counts.indices.astype(np.int32).tobytes())
+    h.update(counts.data.astype(np.float32).tobytes())
+    h.update(json.dumps([str(v) for v in small.var_names]).encode())
+    assert data_hash(small) == h.hexdigest()
+
+
 def test_two_concurrent_fits_train_once(small, tmp_path):
     params = RunParams(max_epochs=2, n_hidden=16, seed=7)
     epochs: list = []

@@ -387,6 +387,57 @@ def test_concordance_of_identical_and_reversed_rankings():
 
 
 
+def test_wilcoxon_matches_scipy_on_unsorted_sparse_counts_with_stored_zeros():
+    """Stored zeros, a cell without counts and unsorted indices: every gene as mannwhitneyu's."""
+    rng = np.random.default_rng(11)
+    n_cells, n_genes = 240, 1300  # more genes than one column block of the gene-major copy
+    counts = rng.poisson(rng.gamma(0.4, 1.0, n_genes), size=(n_cells, n_genes)).astype(np.float32)
+    counts[5] = 0  # a cell without counts: all its values are zeros
+    csr = scipy.sparse.csr_matrix(counts)
+    csr.data[::7] = 0  # stored zeros are zeros
+    dense = csr.toarray()
+    # each row's genes in reverse order: not canonical CSR
+    order = np.concatenate([np.arange(a, b)[::-1] for a, b in zip(csr.indptr[:-1], csr.indptr[1:], strict=True)])
+    unsorted = scipy.sparse.csr_matrix((csr.data[order], csr.indices[order], csr.indptr), shape=csr.shape)
+    assert not unsorted.has_sorted_indices
+    group1 = rng.random(n_cells) < 0.35
+    group2 = ~group1 & (rng.random(n_cells) < 0.8)
+    group1[5], group2[5] = True, False
+    names = [f"g{i}" for i in range(n_genes)]
+
+    def table(matrix) -> pd.DataFrame:
+        adata = ad.AnnData(X=matrix)
+        adata.var_names = names
+        return wilcoxon(adata, group1=group1, group2=group2)
+
+    result = table(unsorted)
+    pd.testing.assert_frame_equal(result, table(csr))
+    pd.testing.assert_frame_equal(result, table(dense))
+    pd.testing.assert_frame_equal(result, table(scipy.sparse.csc_matrix(csr)))
+    totals = dense.astype(np.float64).sum(axis=1, keepdims=True)
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)  # as the engine: count * scale
+    logn = np.log1p(dense.astype(np.float64) * scale)
+    reference = scipy.stats.mannwhitneyu(logn[group1], logn[group2], method="asymptotic", axis=0)
+    varies = np.ptp(logn[group1 | group2], axis=0) > 0
+    result = result.loc[names]
+    np.testing.assert_allclose(result["pvalue"].to_numpy()[varies], reference.pvalue[varies], rtol=1e-9, atol=0)
+    assert (result["pvalue"].to_numpy()[~varies] == 1).all()
+
+
+def test_group_count_statistics_skip_stored_zeros():
+    from engine.analysis.de import _count_statistics
+
+    rng = np.random.default_rng(3)
+    counts = scipy.sparse.random(400, 90, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 6)
+    counts.data[::9] = 0
+    mask = rng.random(400) < 0.4
+    mean, fraction = _count_statistics(counts, mask)
+    dense = counts.toarray()[mask].astype(np.float64)
+    np.testing.assert_allclose(mean, dense.mean(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(fraction, (dense != 0).mean(axis=0))
+
+
 # ---------------------------------------------------------------- with a trained model
 
 

@@ -171,3 +171,47 @@ def test_precomputed_cell_constants_give_the_same_minibatches(counts):
     dense = counts.toarray()
     np.testing.assert_allclose(fast[0].dense().numpy(), dense[order[:5]])
     np.testing.assert_allclose(fast[1].library_log.numpy(), np.log(dense[order[5:10]].sum(1)), rtol=1e-6)
+
+
+def test_cell_constants_in_slices_equal_the_whole_matrix_sum(monkeypatch):
+    # issue 15: the per-cell log-factorials of a whole atlas are summed a slice of rows at a time
+    # (bounded float64 temporaries); every row's sum must be the same number as in one pass
+    from scipy.special import gammaln
+
+    from engine.model import vae
+
+    rng = np.random.default_rng(1)
+    dense = rng.negative_binomial(1, 0.2, size=(50, 30)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.5] = 0.0
+    dense[7] = 0.0  # an empty row
+    dense[20] = 3.0  # a row longer than a slice
+    matrix = sp.csr_matrix(dense)
+    whole = np.asarray(
+        sp.csr_matrix((gammaln(matrix.data.astype(np.float64) + 1.0), matrix.indices, matrix.indptr),
+                      shape=matrix.shape).sum(axis=1)
+    ).ravel()
+    for chunk in (1, 7, 29, 10**6):
+        monkeypatch.setattr(vae, "CONSTANTS_CHUNK_NONZEROS", chunk)
+        np.testing.assert_array_equal(CellConstants.of(matrix).log_factorial, whole)
+
+
+def test_cell_constants_memory_is_bounded_by_a_slice(monkeypatch):
+    # 2M non-zeros: one pass made two float64 temporaries of 16 MB each; slices of 64k non-zeros
+    # must stay near 1 MB (numpy reports its allocations to tracemalloc)
+    import tracemalloc
+
+    from engine.model import vae
+
+    n_rows, per_row = 20_000, 100
+    indptr = np.arange(n_rows + 1, dtype=np.int32) * per_row
+    indices = np.tile(np.arange(per_row, dtype=np.int32), n_rows)
+    data = np.random.default_rng(0).integers(1, 20, size=n_rows * per_row).astype(np.float32)
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(n_rows, 200))
+    monkeypatch.setattr(vae, "CONSTANTS_CHUNK_NONZEROS", 1 << 16)
+    tracemalloc.start()
+    try:
+        CellConstants.of(matrix)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"

@@ -289,26 +289,36 @@ def differential_expression(
     draws1: list[np.ndarray] = []
     draws2: list[np.ndarray] = []
     steps = 2 * len(batches) + 1  # the posterior draws of each group in each batch, then the summary
-    jobs = [(batch, cells, out) for batch in batches for cells, out in ((cells1, draws1), (cells2, draws2))]
+    # The drawn cells alone, counts already in the run's gene order: normalized_expression reads its
+    # input's counts and batch labels, which would copy the whole atlas's counts on every call.
+    group1 = _drawn_cells(run, adata, counts, cells1)
+    group2 = _drawn_cells(run, adata, counts, cells2)
+    jobs = [(batch, cells, out) for batch in batches for cells, out in ((group1, draws1), (group2, draws2))]
     for step, (batch, cells, out) in enumerate(jobs):
         if on_progress is not None:
             on_progress(step / steps)
-        per_cell = -(-draws_per_batch // len(cells))  # ceil: enough draws, then subsample
+        per_cell = -(-draws_per_batch // cells.n_obs)  # ceil: enough draws, then subsample
+        seed = int(rng.integers(2**31 - 1))
+        if per_cell == 1:  # one draw from each of draws_per_batch cells: decode only those
+            chosen = rng.choice(cells.n_obs, size=draws_per_batch, replace=False)
+            out.append(normalized_expression(
+                run, cells, indices=chosen, library_size=TARGET_SUM, transform_batch=batch, seed=seed
+            )[0])
+            continue
         rho = normalized_expression(
             run,
-            adata,
-            indices=cells,
+            cells,
             n_samples=per_cell,
             library_size=TARGET_SUM,
             transform_batch=batch,
-            seed=int(rng.integers(2**31 - 1)),
+            seed=seed,
         ).reshape(-1, counts.shape[1])
         out.append(rho[rng.choice(rho.shape[0], size=draws_per_batch, replace=False)])
 
     if on_progress is not None:
         on_progress((steps - 1) / steps)
-    mean_counts_1 = _mean_counts(counts, mask1)
-    mean_counts_2 = _mean_counts(counts, mask2)
+    mean_counts_1, frac_expr_1 = _count_statistics(counts, mask1)
+    mean_counts_2, frac_expr_2 = _count_statistics(counts, mask2)
     summary = summarize_lfc(
         draws1,
         draws2,
@@ -335,8 +345,8 @@ def differential_expression(
         mean_norm_2=np.mean([d.mean(axis=0) for d in draws2], axis=0),
         mean_counts_1=mean_counts_1,
         mean_counts_2=mean_counts_2,
-        frac_expr_1=_fraction_expressing(counts, mask1),
-        frac_expr_2=_fraction_expressing(counts, mask2),
+        frac_expr_1=frac_expr_1,
+        frac_expr_2=frac_expr_2,
         n_cells_1=int(mask1.sum()),
         n_cells_2=int(mask2.sum()),
         n_sampled_1=len(cells1),
@@ -383,15 +393,13 @@ def summarize_lfc(
     if len(draws1) != len(draws2) or not draws1:
         raise ValueError("draws1 and draws2 need one array per batch category, the same number")
     pseudocount = estimate_pseudocount(
-        np.concatenate(draws1), np.concatenate(draws2), not_expressed_1, not_expressed_2
+        _stacked(draws1), _stacked(draws2), not_expressed_1, not_expressed_2
     )
     pairs = [
         (rng.integers(len(d1), size=n_pairs_per_batch), rng.integers(len(d2), size=n_pairs_per_batch))
         for d1, d2 in zip(draws1, draws2, strict=True)
     ]
     n_genes = draws1[0].shape[1]
-    draws1 = [np.ascontiguousarray(d.T) for d in draws1]
-    draws2 = [np.ascontiguousarray(d.T) for d in draws2]
     n_total = n_pairs_per_batch * len(pairs)
     n_keep = min(n_stored, n_total)
     # Order statistics at the middle of n_keep equal-probability bins.
@@ -402,9 +410,13 @@ def summarize_lfc(
     small = 1e-3 * pseudocount  # scVI reports LFC summaries with a 1000x smaller pseudocount
     for start in range(0, n_genes, _GENE_CHUNK):
         genes = slice(start, min(start + _GENE_CHUNK, n_genes))
-        decision = _paired_lfc(draws1, draws2, pairs, genes, pseudocount)
+        # This chunk's draws gene-major: copied out, then transposed while small enough to stay in
+        # cache (transposing whole arrays, or a strided slice, misses the cache on every value).
+        block1 = [np.ascontiguousarray(np.ascontiguousarray(d[:, genes]).T) for d in draws1]
+        block2 = [np.ascontiguousarray(np.ascontiguousarray(d[:, genes]).T) for d in draws2]
+        decision = _paired_lfc(block1, block2, pairs, pseudocount)
         lfc_sorted[genes] = decision[:, keep]
-        reported = _paired_lfc(draws1, draws2, pairs, genes, small)
+        reported = _paired_lfc(block1, block2, pairs, small)
         lfc_mean[genes] = reported.mean(axis=1)
         lfc_std[genes] = reported.std(axis=1)
         lfc_median[genes] = _sorted_quantile(reported, 0.5)
@@ -421,22 +433,26 @@ def summarize_lfc(
     )
 
 
+def _stacked(draws: list[np.ndarray]) -> np.ndarray:
+    """The draws of every batch category in one array (the array itself when there is one)."""
+    return draws[0] if len(draws) == 1 else np.concatenate(draws)
+
+
 def _paired_lfc(
     draws1: list[np.ndarray],
     draws2: list[np.ndarray],
     pairs: list[tuple[np.ndarray, np.ndarray]],
-    genes: slice,
     pseudocount: float,
 ) -> np.ndarray:
-    """log2 fold changes of the paired draws, (n_genes_in_slice, n_pairs), each row sorted.
+    """log2 fold changes of the paired draws, (n_genes, n_pairs), each row sorted.
 
     ``draws1``/``draws2`` are gene-major here, (n_genes, n_draws): sorting and gathering along
     contiguous rows is several times faster than along columns.
     """
     parts = []
     for (u, v), d1, d2 in zip(pairs, draws1, draws2, strict=True):
-        lfc = np.take(np.log2(d1[genes] + pseudocount), u, axis=1)
-        lfc -= np.take(np.log2(d2[genes] + pseudocount), v, axis=1)
+        lfc = np.take(np.log2(d1 + pseudocount), u, axis=1)
+        lfc -= np.take(np.log2(d2 + pseudocount), v, axis=1)
         parts.append(lfc)
     lfc = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     lfc.sort(axis=1)
@@ -476,7 +492,8 @@ def estimate_pseudocount(
                 f"draws have {draws.shape[1]} genes but the not-expressed mask has {len(not_expressed)}"
             )
         if not_expressed.any():
-            values.append(float(np.quantile(draws[:, not_expressed].max(axis=0), quantile)))
+            # the largest draw of every gene, then those of the genes not expressed: no column copy
+            values.append(float(np.quantile(draws.max(axis=0)[not_expressed], quantile)))
         else:
             values.append(floor)
     return max(floor, max(values) / draws1.shape[1])
@@ -697,14 +714,26 @@ def _sample_cells(cells: np.ndarray, cap: int, rng: np.random.Generator) -> np.n
     return np.sort(rng.choice(cells, size=cap, replace=False))
 
 
-def _mean_counts(counts: sp.csr_matrix, mask: np.ndarray) -> np.ndarray:
-    return np.asarray(counts[mask].mean(axis=0), dtype=np.float64).ravel()
+def _drawn_cells(run: Run, adata: ad.AnnData, counts: sp.csr_matrix, cells: np.ndarray) -> ad.AnnData:
+    """The cells ``cells`` of ``adata`` as a small AnnData: their counts (in the run's gene order) and batch."""
+    obs = pd.DataFrame(index=adata.obs_names[cells])
+    if run.batch_key is not None:
+        obs[run.batch_key] = adata.obs[run.batch_key].to_numpy()[cells]
+    return ad.AnnData(X=counts[cells], obs=obs, var=pd.DataFrame(index=pd.Index(run.var_names)))
 
 
-def _fraction_expressing(counts: sp.csr_matrix, mask: np.ndarray) -> np.ndarray:
-    subset = counts[mask]
-    subset.eliminate_zeros()  # explicit zeros are not expression
-    return np.bincount(subset.indices, minlength=counts.shape[1]) / max(int(mask.sum()), 1)
+def _count_statistics(counts: sp.csr_matrix, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per gene over the cells in ``mask``: the mean raw count and the fraction with a non-zero count.
+
+    One pass over the group's stored values, without copying them (a lasso may hold most of an
+    atlas); explicit zeros are not expression.
+    """
+    from engine.analysis._kernels import masked_column_sums  # numba: compiled once, cached on disk
+
+    rows = np.flatnonzero(mask)
+    total, expressing = masked_column_sums(counts.data, counts.indices, counts.indptr, rows, counts.shape[1])
+    n_cells = max(len(rows), 1)
+    return total / n_cells, expressing / n_cells
 
 
 def _obs_labels(adata: ad.AnnData, column: str) -> np.ndarray:
