@@ -127,7 +127,9 @@ def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
     # group names such as donor ids "1015" are labels, not numbers
     short = [n if len(n) <= MAX_TICK_CHARS else n[: MAX_TICK_CHARS - 1] + "…" for n in names]
     longest = max(map(len, short))
-    tickangle = -45 if longest > 6 and len(names) > 4 else 0
+    # a third of the page holds ~36 characters of labels side by side (8 x "donor0" overlapped)
+    rotate = len(names) > 4 and longest * len(names) > 36
+    tickangle = -45 if rotate else 0
     if dense:  # the outlines are drawn at group positions 0, 1, ...
         fig.update_xaxes(type="linear", tickvals=list(range(len(names))), ticktext=short, automargin=True,
                          tickangle=tickangle, range=[-0.6, len(names) - 0.4], showgrid=False, zeroline=False)
@@ -137,7 +139,7 @@ def qc_violin(obs: pd.DataFrame, metric: str, *, groupby: str | None = None,
     fig.update_yaxes(automargin=True, rangemode="tozero")
     fig.update_layout(title=label, xaxis_title=groupby or "",
                       margin=dict(l=10, r=10, t=60 if dense else 40, b=10),
-                      height=320 + (6 * longest if longest > 6 and len(names) > 4 else 0))
+                      height=320 + (6 * longest if rotate else 0))
     return fig
 
 
@@ -151,7 +153,10 @@ def totals_vs_genes(obs: pd.DataFrame, *, kept: np.ndarray | None = None, seed: 
     title = "Total counts vs genes detected, coloured by % mitochondrial"
     if n > MAX_SCATTER_POINTS:
         idx = np.sort(np.random.default_rng(seed).choice(n, MAX_SCATTER_POINTS, replace=False))
-        title += f" (random {MAX_SCATTER_POINTS:,} of {n:,} cells shown)"
+        # on its own line: appended to the title it ran off the chart's edge
+        subtitle = f"<br><sup>a random {MAX_SCATTER_POINTS:,} of {n:,} cells shown</sup>"
+    else:
+        subtitle = ""
     sub = obs.iloc[idx]
     keep = np.ones(len(idx), bool) if kept is None else np.asarray(kept)[idx]
     if (obs["pct_counts_mt"] > 0).any():
@@ -173,8 +178,8 @@ def totals_vs_genes(obs: pd.DataFrame, *, kept: np.ndarray | None = None, seed: 
             marker=dict(size=4, color="#BBBBBB"),
             hovertemplate="%{text} (removed)<br>total %{x:,.0f}<br>genes %{y:,.0f}<extra></extra>",
         ))
-    fig.update_layout(title=title, xaxis_title="Total counts", yaxis_title="Genes detected",
-                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(title=title + subtitle, xaxis_title="Total counts", yaxis_title="Genes detected",
+                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=60 if subtitle else 40, b=10),
                       height=420)
     return fig
 
