@@ -7,6 +7,7 @@ No Streamlit here; tested without a browser. Every gene point carries its ``var_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Literal, get_args
 
 import numpy as np
@@ -29,7 +30,7 @@ Y_TITLES = {
     "proba_de": "P(DE), posterior probability",
     "bayes_factor": "|log Bayes factor|",
 }
-_ALL_Y_TITLES = {**Y_TITLES, WILCOXON_Y: "-log10 adjusted p-value (Wilcoxon)"}
+_ALL_Y_TITLES = MappingProxyType({**Y_TITLES, WILCOXON_Y: "-log10 adjusted p-value (Wilcoxon)"})
 
 _MARGIN = dict(l=10, r=10, t=50, b=10)
 LABELS_PER_SIDE = 5  # gene names stacked over the volcano's up and down arms

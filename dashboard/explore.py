@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, get_args
 
 import anndata as ad
@@ -48,7 +49,7 @@ from engine.runs import views as eviews
 Embedding = Literal["UMAP", "t-SNE"]
 ColourSource = Literal["Cluster", "Annotation", "QC metric", "Gene"]
 Expression = Literal["observed", "denoised"]
-OWN_EMBEDDINGS = {"UMAP": "X_umap", "t-SNE": "X_tsne"}
+OWN_EMBEDDINGS = MappingProxyType({"UMAP": "X_umap", "t-SNE": "X_tsne"})
 DENOISED_NEEDS_MODEL = ("Denoised values need a trained model, and this run was opened from a file "
                         "without one: show the observed expression, or train a model on the Train page.")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import DEFAULT_PLOTLY_COLORS
+from plotly import colors as plotly_colors
 
-DEFAULT_COLOURS = list(DEFAULT_PLOTLY_COLORS)  # Plotly's own violins cycle through these
+DEFAULT_COLOURS = tuple(plotly_colors.DEFAULT_PLOTLY_COLORS)  # Plotly's own violins cycle through these
 
 # Above this many cells a scatter draws a seeded random subsample and says so in its title.
 MAX_SCATTER_POINTS = 50_000

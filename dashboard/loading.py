@@ -37,6 +37,22 @@ UPLOAD_DAYS = 30.0
 _COMPOUND_SUFFIXES = (".tar.gz", ".csv.gz", ".tsv.gz", ".txt.gz", ".mtx.gz")
 
 
+def upload_limit_text(megabytes: int | None = None) -> str:
+    """The server's upload cap (``server.maxUploadSize`` in ``.streamlit/config.toml``, in MB)."""
+    if megabytes is None:
+        megabytes = int(st.get_option("server.maxUploadSize"))
+    return f"{megabytes / 1024:g} GB ({megabytes:,} MB)" if megabytes >= 1024 else f"{megabytes:,} MB"
+
+
+def too_large_text(cap: str) -> str:
+    """What the upload box says about files above the cap ``cap`` (from :func:`upload_limit_text`)."""
+    # Streamlit refuses a larger file in the browser ("File must be ... or smaller") before any of
+    # it reaches the server, so the page cannot react to it: the remedy is said here, up front.
+    return (f"This server accepts uploads up to {cap}; a larger file is refused by the upload box. "
+            f"Put larger files in the server folder instead ({DATA_DIR_ENV}, set by the "
+            f"administrator) and open them from the Server folder tab.")
+
+
 def upload_suffix(file_name: str) -> str:
     """The suffix of an uploaded file's name, checked against the supported formats.
 

@@ -22,20 +22,6 @@ st.caption("Load a count matrix, check its quality and choose filters. "
            "The Train, Explore and Differential expression pages use the filtered data.")
 
 
-def upload_limit_text() -> str:
-    """The server's upload cap (``server.maxUploadSize`` in ``.streamlit/config.toml``, in MB)."""
-    megabytes = int(st.get_option("server.maxUploadSize"))
-    return f"{megabytes / 1024:g} GB ({megabytes:,} MB)" if megabytes >= 1024 else f"{megabytes:,} MB"
-
-
-def too_large_text(cap: str) -> str:
-    # Streamlit refuses a larger file in the browser ("File must be ... or smaller") before any of
-    # it reaches the server, so the page cannot react to it: the remedy is said here, up front.
-    return (f"This server accepts uploads up to {cap}; a larger file is refused by the upload box. "
-            f"Put larger files in the server folder instead ({loading.DATA_DIR_ENV}, set by the "
-            f"administrator) and open them from the Server folder tab.")
-
-
 def load(read, *args, **kwargs) -> None:
     if loading.try_load(state, read, *args, **kwargs):
         st.rerun()  # so the sidebar and every panel show the new dataset
@@ -46,11 +32,11 @@ with st.container(border=True):
     st.subheader("Load data")
     upload_tab, sample_tab, server_tab = st.tabs(["Upload a file", "Sample data", "Server folder"])
     with upload_tab:
-        cap = upload_limit_text()
+        cap = loading.upload_limit_text()
         st.caption("Formats: " + "; ".join(eio.SUPPORTED_FORMATS) + f". Files up to {cap}.")
         upload = st.file_uploader("Count matrix (cells x genes or genes x cells)", key="upload",
-                                  help=too_large_text(cap))
-        st.caption(too_large_text(cap))
+                                  help=loading.too_large_text(cap))
+        st.caption(loading.too_large_text(cap))
         if upload is not None and upload.file_id != state.last_upload_id:
             state.last_upload_id = upload.file_id
             load(loading.read_upload, upload.name, upload.getvalue())
@@ -64,7 +50,7 @@ with st.container(border=True):
         if root is None:
             st.info(f"Loading files from the server's disk is switched off. An administrator can "
                     f"allow it by starting the app with {loading.DATA_DIR_ENV}=/some/folder; files "
-                    f"larger than the upload limit of {upload_limit_text()} are opened this way.")
+                    f"larger than the upload limit of {loading.upload_limit_text()} are opened this way.")
         else:
             files = loading.server_files()
             if not files:

@@ -44,7 +44,7 @@ REVIEWED_CONSTANTS = {
     ("dashboard.figures", "QC_LABELS"),  # axis titles
     ("dashboard.explore", "METRIC_HELP"),  # help texts
     ("dashboard.explore", "QC_METRICS"),  # obs column -> label
-    ("engine.model.likelihoods", "_chunk_pool"),  # lru_cache of the process's kernel helper threads, holds no data
+    ("engine.threads", "_helper_pool"),  # lru_cache of the process's kernel helper threads, holds no data
     ("engine.analysis.clustering", "_IGRAPH_RNG_LOCK"),  # serialises igraph's process-wide RNG, holds no data
 }
 IMMUTABLE = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), Path, types.MappingProxyType,

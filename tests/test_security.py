@@ -168,9 +168,13 @@ def server_config() -> dict:
 def test_upload_cap_is_set_and_documented_with_the_same_number():
     cap_mb = server_config()["maxUploadSize"]
     assert 0 < cap_mb <= 4096
+    # The Data page states the cap it reads from the server's options, so it cannot drift.
     page = (REPO / "pages" / "data.py").read_text()
-    assert f"Up to {cap_mb // 1024} GB" in page
+    assert "loading.upload_limit_text()" in page
+    assert loading.upload_limit_text(cap_mb) == f"{cap_mb / 1024:g} GB ({cap_mb:,} MB)"
+    assert "server folder" in loading.too_large_text(loading.upload_limit_text(cap_mb))
     readme = (REPO / "README.md").read_text()
+    assert f"(up to {cap_mb // 1024} GB)" in readme
     security = readme[readme.index("## Security"):]
     assert f"maxUploadSize = {cap_mb}" in security
 

@@ -29,6 +29,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ REPRESENTATIONS = ("X_scVI", "X_pca")
 EMBEDDINGS = ("X_umap", "X_tsne")
 CLUSTER_KEY = "leiden"
 DEFAULT_RESOLUTION = 1.0  # scanpy's default, assumed when the file does not say
-ORIGINS = {"X_scVI": "scVI (scvi-tools or this engine)", "X_pca": "PCA (scanpy)"}
+ORIGINS = MappingProxyType({"X_scVI": "scVI (scvi-tools or this engine)", "X_pca": "PCA (scanpy)"})
 
 
 @dataclass(frozen=True)
