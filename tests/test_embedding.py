@@ -235,6 +235,37 @@ def test_umap_shape_deterministic_and_preserves_neighbourhoods(kang_graph):
     assert not np.array_equal(y, b.obsm["X_umap"])
 
 
+def test_umap_on_every_core_is_as_good_as_on_one(kang_graph, monkeypatch):
+    """Above PARALLEL_LAYOUT_ABOVE cells the layout runs on all cores, as good as on one.
+
+    The chunks race on shared vertices as umap-learn's parallel mode does; one thread stays the
+    default below the threshold, so a seed gives the same picture there.
+    """
+    from sklearn.manifold import trustworthiness
+
+    from engine.analysis import embedding
+    from engine.analysis.embedding import pca_start, umap_layout
+
+    x, graph = kang_graph.obsm["X_pca"], kang_graph.obsp["connectivities"]
+    start = pca_start(x)
+    one = umap_layout(graph, start, seed=0, threads=1)
+    np.testing.assert_array_equal(one, umap_layout(graph, start, seed=0))  # the default below the threshold
+    both = umap_layout(graph, start, seed=0, threads=2)
+    labels = kang_graph.obs["cell_type"].to_numpy()
+    for y in (one, both):
+        assert np.isfinite(y).all()
+        assert trustworthiness(x, y, n_neighbors=15) > 0.9
+    assert _neighbourhood_cell_type_accuracy(both, labels) > _neighbourhood_cell_type_accuracy(one, labels) - 0.03
+    seen: list[int] = []
+    real = embedding.split_over_threads
+    monkeypatch.setattr(embedding, "split_over_threads",
+                        lambda work, n, parts: (seen.append(parts), real(work, n, parts)))
+    monkeypatch.setattr(embedding, "PARALLEL_LAYOUT_ABOVE", kang_graph.n_obs - 1)
+    monkeypatch.setattr(embedding, "available_cores", lambda: 2)
+    umap_layout(graph, start, seed=0, n_epochs=3)
+    assert seen == [2, 2, 2]
+
+
 def test_umap_reports_progress_without_changing_the_layout(kang_graph):
     """The layout runs in tenths of its epochs so the page can show a bar; the result is the same."""
     quiet, watched = kang_graph.copy(), kang_graph.copy()

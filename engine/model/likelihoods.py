@@ -9,14 +9,13 @@ Poisson) and tiny ``mu``; ``tests/test_likelihoods.py`` checks them against ``sc
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.threads import split_over_threads
 
 __all__ = [
     "log_nb_positive",
@@ -269,12 +268,6 @@ class _SparseNegativeBinomialSum(torch.autograd.Function):
 _MIN_ROWS_PER_CHUNK = 16
 
 
-@functools.lru_cache(maxsize=1)
-def _chunk_pool() -> ThreadPoolExecutor:
-    """The process's helper threads for kernel chunks, created on first use (idle threads cost nothing)."""
-    return ThreadPoolExecutor(max_workers=max((os.cpu_count() or 2) - 1, 1), thread_name_prefix="atlas-nb")
-
-
 def _kernel_applies(logits, library_log, theta, zi_logits, x) -> bool:
     """The numba kernel serves CPU float32 tensors; everything else (CUDA, float64) takes torch ops."""
     tensors = [logits, library_log, theta, x] + ([zi_logits] if zi_logits is not None else [])
@@ -321,12 +314,7 @@ def _kernel_forward(logits, library_log, theta, zi_logits, nz_rows, nz_cols, x, 
     def run(start: int, stop: int) -> None:
         nb_kernel.nb_rows(start, stop, *shared, np.empty((nb_kernel.WORK_ROWS, n_genes), dtype=np.float32))
 
-    n_chunks = max(min(threads, n // _MIN_ROWS_PER_CHUNK), 1)
-    bounds = [n * c // n_chunks for c in range(n_chunks + 1)]
-    helpers = [_chunk_pool().submit(run, bounds[c], bounds[c + 1]) for c in range(1, n_chunks)]
-    run(bounds[0], bounds[1])
-    for helper in helpers:
-        helper.result()
+    split_over_threads(run, n, max(min(threads, n // _MIN_ROWS_PER_CHUNK), 1))
     grads = None
     if with_grads:
         grads = (d_logits, d_library, d_theta if with_theta_grad else None, d_zi if zi_logits is not None else None)
