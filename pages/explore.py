@@ -79,7 +79,7 @@ def scatter_panel() -> None:
         with st.spinner("Clustering the cells (first time only)..."):
             clusters = ex.cluster_labels(state, run, filtered)
         try:
-            with st.spinner("Computing the colours..."):
+            with st.spinner(ex.colouring_wait(state, run, source=source, expression=expression)):
                 colour = ex.colouring(state, run, source=source, name=name, expression=expression)
         except ValueError as err:
             st.warning(str(err), icon=":material/warning:")

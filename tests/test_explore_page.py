@@ -270,3 +270,24 @@ def test_group_save_rename_delete_combine():
                                      "in current data": [2, 3]}
     with pytest.raises(ValueError, match="at least two"):
         ex.combine_groups(state, ["first"], "x")
+
+
+def test_denoised_decode_is_prepared_ahead_only_for_small_data(monkeypatch):
+    """Above PREPARE_DENOISED_MAX_CELLS the decode waits for the first denoised colour.
+
+    The next click would otherwise wait for it; the spinner then says what is happening.
+    """
+    from types import SimpleNamespace
+
+    decoded: list[int] = []
+    monkeypatch.setattr(ex, "_gene_decoder", lambda run_id, key, run, filtered: decoded.append(filtered.n_obs))
+    run = SimpleNamespace(run_id="r", has_model=True)
+    for n in (ex.PREPARE_DENOISED_MAX_CELLS, ex.PREPARE_DENOISED_MAX_CELLS + 1):
+        state = SimpleNamespace(filtered=SimpleNamespace(n_obs=n), filtered_key="k")
+        ex.prepare_denoised(state, run)
+    assert decoded == [ex.PREPARE_DENOISED_MAX_CELLS]
+    big = SimpleNamespace(filtered=SimpleNamespace(n_obs=1_000_000))
+    assert "decodes all 1,000,000 cells once, about 60 s" in ex.colouring_wait(big, run, source="Gene",
+                                                                                expression="denoised")
+    assert ex.colouring_wait(big, run, source="Gene", expression="observed") == "Computing the colours..."
+    assert ex.colouring_wait(state, run, source="Cluster") == "Computing the colours..."
