@@ -69,7 +69,11 @@ def _prepare(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+# Datasets are cached with st.cache_resource, not st.cache_data: cache_data keeps a pickled copy and
+# hands each caller a new unpickled one, which for a 1M-cell atlas is 2+ GB per copy and seconds of
+# pickling. Every change to a loaded dataset copies it first (use_display_names, use_mito_prefixes,
+# apply_filters), so sharing one object between sessions is safe; tests/test_loading_shared.py checks it.
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _read_bytes(digest: str, suffix: str, transpose: bool | None, _data: bytes, _file_name: str) -> ad.AnnData:
     # `digest` identifies `_data` (not hashed by Streamlit: hashing gigabytes twice is slow).
     with tempfile.TemporaryDirectory(prefix="atlas-upload-") as tmp:
@@ -83,7 +87,7 @@ def _read_bytes(digest: str, suffix: str, transpose: bool | None, _data: bytes, 
             raise ValueError(message) from err
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _read_path(path: str, mtime: float, transpose: bool | None) -> ad.AnnData:
     return _prepare(eio.read_counts(path, transpose=transpose))
 
@@ -299,7 +303,7 @@ def apply_settings(state: AppState, thresholds: eqc.QCThresholds, n_top_genes: i
     state.active_run_id = None
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)  # shared, never mutated: see _read_bytes
 def _filtered(key: str, thresholds: eqc.QCThresholds, n_top_genes: int, hvg_batch_key: str | None,
               _adata: ad.AnnData) -> ad.AnnData:
     filtered = eqc.apply_filters(_adata, thresholds)

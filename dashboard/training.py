@@ -92,10 +92,10 @@ def check_training(adata: ad.AnnData, *, params: RunParams, batch_key: str | Non
     return check
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)  # shared and never mutated, as the datasets
 def _training_data(key: str, n_top_genes: int, _filtered: ad.AnnData) -> ad.AnnData:
     if n_top_genes <= 0 or n_top_genes >= _filtered.n_vars:
-        return _filtered.copy()
+        return _filtered  # every gene: the filtered data itself (a copy is 2+ GB at 1M cells)
     adata = _filtered.copy()
     highly_variable_genes(adata, n_top_genes=n_top_genes,
                               batch_key=adata.uns.get("hvg", {}).get("batch_key"))

@@ -152,7 +152,7 @@ def apply_filters(adata: AnnData, thresholds: QCThresholds) -> AnnData:
             f"min_cells={thresholds.min_cells} leaves {int(genes.sum())} gene(s): no other gene is "
             f"detected in that many of the {int(cells.sum()):,} kept cells. Lower min_cells."
         )
-    counts = _counts(adata)[cells][:, genes]
+    counts = _subset(_counts(adata), cells, genes)
     hvg_columns = [c for c in adata.var.columns if c.startswith("highly_variable") or c == "variances_norm"]
     filtered = AnnData(
         X=counts,
@@ -175,6 +175,20 @@ def apply_filters(adata: AnnData, thresholds: QCThresholds) -> AnnData:
     )
     filtered.uns["atlas_qc"] = record
     return filtered
+
+
+def _subset(counts: sparse.csr_matrix, cells: np.ndarray, genes: np.ndarray) -> sparse.csr_matrix:
+    """``counts[cells][:, genes]`` as one new matrix: no intermediate copy when a mask keeps everything.
+
+    At 1M cells the intermediate of indexing twice is another 2 GB at the peak.
+    """
+    if cells.all() and genes.all():
+        return counts.copy()
+    if genes.all():
+        return counts[cells]
+    if cells.all():
+        return counts[:, genes]
+    return counts[cells][:, genes]
 
 
 def _counts(adata: AnnData) -> sparse.csr_matrix:
