@@ -200,7 +200,7 @@ def _differential_expression(run_id: str, key: str, mask1: np.ndarray, mask2: np
                              mode: str, batch_correction: bool, _adata: ad.AnnData) -> ede.DEResult:
     what = f"Posterior expression of {int(mask1.sum()):,} vs {int(mask2.sum()):,} cells"
     with progress_bar(what) as show:
-        return run_long(de_job, str(cache_dir()), run_id, _adata.copy(), group1=mask1, group2=mask2, mode=mode,
+        return run_long(de_job, str(cache_dir()), run_id, _adata, group1=mask1, group2=mask2, mode=mode,
                         batch_correction=batch_correction, show=show)
 
 

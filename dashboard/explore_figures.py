@@ -190,11 +190,14 @@ def _fingerprint(*parts) -> str:
 def category_centres(coords: np.ndarray, values: pd.Categorical) -> dict[str, tuple[float, float]]:
     """Median position of the cells of each category (where its name goes on the plot), in category order."""
     codes = np.asarray(values.codes)
+    # One sort, then each category is a slice: a mask per category cost 1.2 s for 224 clusters of 1M cells.
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(values.categories) + 1))
     centres = {}
     for code, name in enumerate(values.categories):
-        mask = codes == code
-        if mask.any():
-            centres[str(name)] = (float(np.median(coords[mask, 0])), float(np.median(coords[mask, 1])))
+        rows = order[starts[code]:starts[code + 1]]
+        if len(rows):
+            centres[str(name)] = (float(np.median(coords[rows, 0])), float(np.median(coords[rows, 1])))
     return centres
 
 

@@ -154,7 +154,7 @@ def test_long_jobs_run_on_a_worker_with_their_progress_here(board, kang_small_pa
     cells = read_counts(kang_small_path)
     run = fit(cells, params=RunParams(max_epochs=2, seed=0), cache_dir=board.cache_dir)
     b_cells = (cells.obs["cell_type"] == "B cells").to_numpy()
-    result = run_long(de_job, str(board.cache_dir), run.run_id, cells[:, list(run.var_names)].copy(),
+    result = run_long(de_job, str(board.cache_dir), run.run_id, cells[:, list(run.var_names)],  # a view
                       group1=b_cells, group2=~b_cells, mode="change", batch_correction=False,
                       show=lambda f, s: None, compute=compute)
     table = result.table()
@@ -165,6 +165,35 @@ def test_long_jobs_run_on_a_worker_with_their_progress_here(board, kang_small_pa
 
     prefixes = compute.client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert {"first_view_job", "tsne_job", "uncorrected_job", "de_job"} <= set(prefixes)
+
+
+def test_large_inputs_are_computed_where_they_already_are(monkeypatch):
+    """Above SHIP_LIMIT_BYTES a long job runs in the server instead of pickling its input to a worker."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from dashboard import long_jobs
+
+    x = sp.random(1000, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    adata = ad.AnnData(X=x)
+    adata.layers["counts"] = x  # the same matrix counts once
+    full = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    assert long_jobs.payload_bytes(adata) == full
+    view = adata[:500, :25]
+    assert long_jobs.payload_bytes(view) == int(full / 4)  # its share, without materialising it
+    assert long_jobs.payload_bytes(np.zeros(10), "text", None) == 80
+
+    class Unreachable:
+        @property
+        def client(self):
+            raise AssertionError("a large input was sent to the cluster")
+
+    monkeypatch.setattr(long_jobs, "SHIP_LIMIT_BYTES", 100)
+    seen = []
+    job = lambda data, *, on_progress: (on_progress(1.0, "done"), data.n_obs)[1]  # noqa: E731
+    assert long_jobs.run_long(job, view, show=lambda f, step: seen.append(step), compute=Unreachable()) == 500
+    assert seen == ["done"]
 
 
 def test_a_second_attempt_of_a_killed_submission_fails_with_advice(tmp_path):
