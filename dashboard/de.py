@@ -191,7 +191,13 @@ def group_masks(
 
 
 def run_data(filtered: ad.AnnData, run) -> ad.AnnData:
-    """The filtered cells restricted to the genes the run was trained on (a view)."""
+    """The filtered cells restricted to the genes the run was trained on (a view, or ``filtered`` itself).
+
+    A run trained on every gene gets the filtered data itself: reading a view's counts copies them
+    (2 GB and seconds at 1M cells).
+    """
+    if filtered.var_names.equals(pd.Index(run.var_names)):
+        return filtered
     return filtered[:, list(run.var_names)]
 
 

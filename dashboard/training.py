@@ -196,8 +196,8 @@ def finish_job(state: AppState, job: TrainingJob) -> None:
     if job.status == "finished":
         state.active_run_id = job.run_id
         state.training_message = (
-            "success", f"Trained {job.epochs_done} epochs in {job.elapsed:.0f} s (run "
-            f"{job.run_id[:10]}). It is now the active run: see Explore.")
+            "success", f"Trained {job.epochs_done} epoch{'s' if job.epochs_done != 1 else ''} in "
+            f"{job.elapsed:.0f} s (run {job.run_id[:10]}). It is now the active run: see Explore.")
     elif job.status == "cancelled":
         state.training_message = ("warning", "Training was cancelled. Nothing was saved.")
     else:

@@ -47,3 +47,16 @@ def test_training_on_every_gene_uses_the_filtered_data_itself():
     state = AppState()
     loading.use_dataset(state, loading.read_sample())
     assert training_data(state.filtered, state.filtered_key, n_top_genes=0) is state.filtered
+
+
+def test_de_reads_the_filtered_data_itself_when_the_run_used_every_gene():
+    from types import SimpleNamespace
+
+    from dashboard.de import run_data
+
+    state = AppState()
+    loading.use_dataset(state, loading.read_sample())
+    genes = list(state.filtered.var_names)
+    assert run_data(state.filtered, SimpleNamespace(var_names=genes)) is state.filtered
+    some = run_data(state.filtered, SimpleNamespace(var_names=genes[::-1][:100]))
+    assert some.is_view and list(some.var_names) == genes[::-1][:100]
