@@ -5,23 +5,22 @@ and a run made with the engine's API beside it (an untrained VAE and a 10-dimens
 five well separated clusters, saved with ``save_run`` under the run id of those counts, with the
 ``cells_hash`` the Train page matches runs by), plus the record the run's link reads its data back
 from. The server draws at most ``ATLAS_MAX_POINTS`` = 50,000 points. The browser opens the run's
-Explore link (the server computes the kNN graph and UMAP of 200k cells here: minutes on 2 cores);
-meanwhile a helper process computes the same UMAP (seeded, single-threaded: the same picture), so
-the test knows where every cell is. It checks that the drawn points are those cells' positions,
-drags a box, and compares the page's count with its own count of all cells in the box.
+Explore link (the server computes the kNN graph and UMAP of 200k cells here: minutes on 2 cores)
+and keeps the UMAP in the run's folder (``engine.runs.views``), from which the test reads where
+every cell is (above 150,000 cells the layout runs on every core, so it cannot be recomputed
+identically beside). It checks that the drawn points are those cells' positions, drags a box, and
+compares the page's count with its own count of all cells in the box.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS, REPO, serve_dashboard
+from .conftest import ARTIFACTS, serve_dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,15 +28,6 @@ N_CELLS = 200_000
 N_GENES = 200
 CAP = 50_000
 FILE = "atlas200k.h5ad"
-
-FIRST_VIEW = """
-import sys, numpy as np
-from dashboard.long_jobs import first_view_job
-latent = np.load(sys.argv[1])
-coords = first_view_job(latent, seed=0, on_progress=lambda f, s: None)[3]
-np.save(sys.argv[2], coords)
-"""
-
 
 def _counts_file(folder) -> None:
     import anndata as ad
@@ -101,63 +91,58 @@ def test_a_box_selects_cells_that_are_not_drawn(tmp_path_factory, browser_page):
     data_dir, cache_dir = tmp_path_factory.mktemp("data200k"), tmp_path_factory.mktemp("runs200k")
     _counts_file(data_dir)
     rid, latent = _run(data_dir, cache_dir)
-    np.save(data_dir / "latent.npy", latent)
-    # the same first view as the server's, computed beside it
-    helper = subprocess.Popen([sys.executable, "-c", FIRST_VIEW, str(data_dir / "latent.npy"),
-                               str(data_dir / "coords.npy")], cwd=REPO)
     env = {"ATLAS_CACHE_DIR": str(cache_dir), "ATLAS_DATA_DIR": str(data_dir), "ATLAS_MAX_POINTS": str(CAP)}
-    try:
-        with serve_dashboard(tmp_path_factory, extra_env=env) as url:
-            page = browser_page
-            page.goto(f"{url}/explore?run={rid}&embedding=UMAP&colour=Cluster")
-            plot = page.locator(".st-key-explore_scatter .atlas-scatter")
-            plot.wait_for(timeout=900_000)
-            caption = page.get_by_text(re.compile(r"50,000 of 200,000 cells drawn \(a random subsample\)"))
-            caption.wait_for(timeout=120_000)
-            shown = time.perf_counter()
-            page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution")).wait_for(timeout=300_000)
-            assert helper.wait(timeout=900) == 0
-            coords = np.load(data_dir / "coords.npy").astype(np.float32)
+    with serve_dashboard(tmp_path_factory, extra_env=env) as url:
+        page = browser_page
+        page.goto(f"{url}/explore?run={rid}&embedding=UMAP&colour=Cluster")
+        plot = page.locator(".st-key-explore_scatter .atlas-scatter")
+        plot.wait_for(timeout=900_000)
+        caption = page.get_by_text(re.compile(r"50,000 of 200,000 cells drawn \(a random subsample\)"))
+        caption.wait_for(timeout=120_000)
+        shown = time.perf_counter()
+        page.get_by_text(re.compile(r"Leiden clusters: \d+ at resolution")).wait_for(timeout=300_000)
+        from engine.runs.views import load_view
 
-            # The drawn points are the seeded subsample of these cells, at these positions.
-            from dashboard.explore_figures import subsample
+        coords = load_view(cache_dir / rid, "X_umap", n_cells=N_CELLS)  # what the server drew from
+        assert coords is not None, "the server did not keep the run's UMAP"
+        coords = coords.astype(np.float32)
 
-            rows = subsample(N_CELLS, max_points=CAP)
-            drawn = np.asarray(page.evaluate("""() => Array.from(
-                document.querySelector('.st-key-explore_scatter .atlas-scatter').parentElement.__atlasScatter.xy)"""),
-                dtype=np.float32).reshape(-1, 2)
-            assert len(drawn) == CAP
-            np.testing.assert_array_equal(drawn, coords[rows])
+        # The drawn points are the seeded subsample of these cells, at these positions.
+        from dashboard.explore_figures import subsample
 
-            # A box over part of the picture.
-            page.locator(".st-key-explore_scatter .atlas-tools button[data-mode=box]").click()
-            overlay = plot.locator("canvas.atlas-overlay")
-            overlay.scroll_into_view_if_needed()
-            box = overlay.bounding_box()
-            x0, y0 = box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.2
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.75, steps=10)
-            page.mouse.up()
-            save = page.get_by_role("button", name=re.compile(r"Save selection as group \([1-9][\d,]* cells\)"))
-            save.wait_for(timeout=120_000)
-            n_selected = int(re.search(r"\(([\d,]+) cells\)", save.inner_text()).group(1).replace(",", ""))
-            region = page.evaluate("""() => document.querySelector('.st-key-explore_scatter .atlas-scatter')
-                .parentElement.__atlasScatter.region""")
-            bx0, bx1, by0, by1 = region["box"]
+        rows = subsample(N_CELLS, max_points=CAP)
+        drawn = np.asarray(page.evaluate("""() => Array.from(
+            document.querySelector('.st-key-explore_scatter .atlas-scatter').parentElement.__atlasScatter.xy)"""),
+            dtype=np.float32).reshape(-1, 2)
+        assert len(drawn) == CAP
+        np.testing.assert_array_equal(drawn, coords[rows])
 
-            def in_box(xy):
-                x, y = xy[:, 0].astype(float), xy[:, 1].astype(float)
-                return (x >= bx0) & (x <= bx1) & (y >= by0) & (y <= by1)
+        # A box over part of the picture.
+        page.locator(".st-key-explore_scatter .atlas-tools button[data-mode=box]").click()
+        overlay = plot.locator("canvas.atlas-overlay")
+        overlay.scroll_into_view_if_needed()
+        box = overlay.bounding_box()
+        x0, y0 = box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.2
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.75, steps=10)
+        page.mouse.up()
+        save = page.get_by_role("button", name=re.compile(r"Save selection as group \([1-9][\d,]* cells\)"))
+        save.wait_for(timeout=120_000)
+        n_selected = int(re.search(r"\(([\d,]+) cells\)", save.inner_text()).group(1).replace(",", ""))
+        region = page.evaluate("""() => document.querySelector('.st-key-explore_scatter .atlas-scatter')
+            .parentElement.__atlasScatter.region""")
+        bx0, bx1, by0, by1 = region["box"]
 
-            n_all, n_drawn = int(in_box(coords).sum()), int(in_box(drawn).sum())
-            page.screenshot(path=str(ARTIFACTS / "explore_200k_box.png"), full_page=True)
-            assert n_selected == n_all, (n_selected, n_all, n_drawn)
-            assert n_selected > n_drawn > 0
-            page.get_by_text(f"{n_selected:,} selected ({n_drawn:,} of them drawn)").wait_for()
-            print(f"\n200k browser test: first view shown {shown - started:.0f} s after the start; "
-                  f"box: {n_selected:,} cells selected, {n_drawn:,} of them drawn; "
-                  f"total {time.perf_counter() - started:.0f} s")
-    finally:
-        if helper.poll() is None:
-            helper.kill()
+        def in_box(xy):
+            x, y = xy[:, 0].astype(float), xy[:, 1].astype(float)
+            return (x >= bx0) & (x <= bx1) & (y >= by0) & (y <= by1)
+
+        n_all, n_drawn = int(in_box(coords).sum()), int(in_box(drawn).sum())
+        page.screenshot(path=str(ARTIFACTS / "explore_200k_box.png"), full_page=True)
+        assert n_selected == n_all, (n_selected, n_all, n_drawn)
+        assert n_selected > n_drawn > 0
+        page.get_by_text(f"{n_selected:,} selected ({n_drawn:,} of them drawn)").wait_for()
+        print(f"\n200k browser test: first view shown {shown - started:.0f} s after the start; "
+              f"box: {n_selected:,} cells selected, {n_drawn:,} of them drawn; "
+              f"total {time.perf_counter() - started:.0f} s")
