@@ -200,7 +200,7 @@ def run_long(job: Callable[..., Any], *args: Any, show: Progress, compute: Compu
     shows the latest one, since only it may update the page.
     """
     size = payload_bytes(*args, *kwargs.values())
-    compute = compute or _cluster() if size <= SHIP_LIMIT_BYTES else None
+    compute = (compute or _cluster()) if size <= SHIP_LIMIT_BYTES else None
     if compute is None:
         if size > SHIP_LIMIT_BYTES:
             logger.info("%s runs in the server: its %.1f GiB of input are already here", job.__name__, size / 2**30)
