@@ -10,13 +10,19 @@ It starts the dashboard as ``browser_walk.py`` does (own process group, empty ru
 1. **open**: the Data page's "Server folder" tab, the file, "Load this file", until the sidebar
    counts its cells (read, QC metrics, highly variable genes);
 2. **QC charts**: until the Data page's four QC charts are drawn (after the load);
-3. **train**: the Train page with the batch key ``--batch-key`` and automatic epochs, "Train", until
-   the run is active (the page says how many epochs it chose);
+3. **train** (with ``--skip-train``, for a file that already holds X_scVI, X_umap and leiden: "Open
+   the embedding saved in this file" on the Data page instead): the Train page with the batch key
+   ``--batch-key`` and automatic epochs, "Train", until the run is active (the page says how many
+   epochs it chose);
 4. **first view**: Explore, until the scatter is drawn (neighbour graph, UMAP, Leiden);
-5. **colour change**: "Colour by" -> "Annotation" (its first column), until the canvas shows it;
+5. **colour change**: "Colour by" -> "Annotation" (its first column), then "Cluster", then
+   "Annotation" again, each until the canvas shows it (the note gives the canvas pass's own time);
 6. **box selection**: a box over the middle of the scatter, until the page counts the cells
    selected among all cells (drawn or not);
 7. **DE**: Differential expression of ``--group`` against the rest (``cell_type``), until the volcano shows.
+
+With ``--profile``, ``py-spy record`` samples the server and its workers during each step (50 Hz)
+into ``OUT_DIR/profile_<step>.txt``, one collapsed stack per line: where a step's server time goes.
 
 Prints one row per step (seconds, and the peak resident memory of the server's process group,
 workers included, sampled every 0.5 s) and saves a screenshot after each step.
@@ -27,6 +33,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -34,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_walk import CHROMIUM, CHROMIUM_ARGS, SAMPLE_TEXT, Server, free_port  # noqa: E402
+from browser_walk import SAMPLE_TEXT, Server, dashboard_in_chromium  # noqa: E402
 
 QC_DRAWN = """() => { const g = [...document.querySelectorAll('.js-plotly-plot')];
   return g.length >= 4 && g.every((x) => x._fullData && x._fullData.length && x.querySelector('.main-svg')); }"""
@@ -83,6 +91,13 @@ class PeakMemory:
         self._stop.set()
 
 
+def profiler(pid: int, path: Path) -> subprocess.Popen:
+    """``py-spy record`` of the server and its workers into ``path`` (collapsed stacks) until SIGINT."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+                             "--rate", "50", "--output", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def choose(page, label: str, option: str) -> None:
     box = page.get_by_role("combobox", name=label, exact=True)
     box.click()
@@ -95,15 +110,19 @@ def walk(page, url: str, args, server: Server, out_dir: Path) -> list[tuple[str,
     shots = iter(range(1, 100))
 
     def step(name: str, action, until, note=lambda: "") -> None:
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         memory.take()
+        spy = profiler(server.proc.pid, out_dir / f"profile_{slug}.txt") if args.profile else None
         start = time.perf_counter()
         action()
         until()
         seconds = time.perf_counter() - start
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+            spy.wait(timeout=60)
         said = " ".join(note().split())  # one line; a caption's first sentence is enough
         rows.append((name, seconds, memory.take() / 2**30, said.split(". ")[0]))
-        page.screenshot(path=str(out_dir / f"{next(shots):02d}_{re.sub(r'[^a-z0-9]+', '_', name.lower())}.png"),
-                        full_page=True)
+        page.screenshot(path=str(out_dir / f"{next(shots):02d}_{slug}.png"), full_page=True)
         print(f"{name}: {seconds:.1f} s", flush=True)
 
     page.goto(url)
@@ -117,27 +136,37 @@ def walk(page, url: str, args, server: Server, out_dir: Path) -> list[tuple[str,
          lambda: page.get_by_text(cells).first.inner_text())
     step("Data page QC charts drawn", lambda: None, lambda: page.wait_for_function(QC_DRAWN, timeout=600_000))
 
-    page.get_by_role("link", name="Train").click()
-    page.get_by_role("combobox", name="Batch key").wait_for()
-    choose(page, "Batch key", args.batch_key)
-    page.wait_for_timeout(1500)
-    step("train (automatic epochs)",
-         lambda: page.get_by_role("button", name="Train", exact=True).click(),
-         lambda: page.get_by_text("It is now the active run").first.wait_for(timeout=3_600_000),
-         lambda: page.get_by_text(re.compile(r"\d+ epochs? in")).first.inner_text())
+    if args.skip_train:
+        step("open the analysis saved in the file",
+             lambda: page.get_by_role("button", name=re.compile("Open the embedding saved in this file")).click(),
+             lambda: page.get_by_text("The saved analysis is the active run").first.wait_for(timeout=600_000),
+             lambda: page.get_by_text("The saved analysis is the active run").first.inner_text())
+    else:
+        page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Train").click()
+        page.get_by_role("combobox", name="Batch key").wait_for()
+        choose(page, "Batch key", args.batch_key)
+        page.wait_for_timeout(1500)
+        step("train (automatic epochs)",
+             lambda: page.get_by_role("button", name="Train", exact=True).click(),
+             lambda: page.get_by_text("It is now the active run").first.wait_for(timeout=3_600_000),
+             lambda: page.get_by_text(re.compile(r"\d+ epochs? in")).first.inner_text())
 
-    page.get_by_role("link", name="Explore").click()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Explore").click()
     step("Explore first view (graph, UMAP, Leiden)", lambda: None,
          lambda: page.wait_for_function(f"() => document.querySelector('{SCATTER}') && "
                                         f"document.querySelector('{SCATTER}').dataset.drawn", timeout=3_600_000),
          lambda: page.get_by_text(re.compile(r"Leiden clusters: \d+")).first.inner_text())
     root = page.locator(SCATTER)
-    before = int(root.get_attribute("data-drawn"))
-    step("colour change (Colour by: Annotation)", lambda: choose(page, "Colour by", "Annotation"),
-         lambda: page.wait_for_function(
-             f"() => Number(document.querySelector('{SCATTER}').dataset.drawn) > {before} && "
-             f"document.querySelector('{SCATTER}').dataset.label !== 'cluster'", timeout=120_000),
-         lambda: f"{int(root.get_attribute('data-points')):,} points drawn")
+    for option, label_js in (("Annotation", "!== 'cluster'"), ("Cluster", "=== 'cluster'"),
+                             ("Annotation", "!== 'cluster'")):
+        before = int(root.get_attribute("data-drawn"))
+        step(f"colour change (Colour by: {option})", lambda option=option: choose(page, "Colour by", option),
+             lambda before=before, label_js=label_js: page.wait_for_function(
+                 f"() => Number(document.querySelector('{SCATTER}').dataset.drawn) > {before} && "
+                 f"document.querySelector('{SCATTER}').dataset.label {label_js}", timeout=120_000),
+             lambda: f"{int(root.get_attribute('data-points')):,} points drawn, canvas pass "
+                     f"{root.get_attribute('data-draw-ms')} ms, server: "
+                     f"{page.get_by_text(re.compile(r'Drawn in [0-9.]+ s')).first.inner_text().split('Drawn')[-1]}")
 
     overlay = page.locator(f"{SCATTER} canvas.atlas-overlay")
     box = overlay.bounding_box()
@@ -150,7 +179,7 @@ def walk(page, url: str, args, server: Server, out_dir: Path) -> list[tuple[str,
     step("box selection over all cells", lambda: page.mouse.up(), lambda: selected.first.wait_for(timeout=120_000),
          lambda: selected.first.inner_text())
 
-    page.get_by_role("link", name="Differential expression").click()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Differential expression").click()
     page.get_by_role("button", name=re.compile("Run differential expression")).wait_for(timeout=300_000)
     choose(page, "Compare groups of", "cell_type")
     page.wait_for_timeout(1500)
@@ -169,29 +198,16 @@ def main() -> int:
     parser.add_argument("--file", default="kang-1m.h5ad")
     parser.add_argument("--batch-key", default="batch")
     parser.add_argument("--group", default="B cells")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy record of the server during each step: OUT_DIR/profile_<step>.txt")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="the file already holds X_scVI, X_umap and leiden: go from the Data page to Explore")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/atlas_walk"))
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["ATLAS_DATA_DIR"] = str(args.data_dir)  # the server inherits it
-    server = Server(free_port(), args.out_dir / "streamlit.log")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    try:
-        server.wait_healthy()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
-            try:
-                rows = walk(page, server.url, args, server, args.out_dir)
-            except Exception:
-                page.screenshot(path=str(args.out_dir / "failure.png"), full_page=True)
-                raise
-            finally:
-                browser.close()
-    finally:
-        server.stop()
+    with dashboard_in_chromium(args.out_dir) as (server, page):
+        rows = walk(page, server.url, args, server, args.out_dir)
     print(f"\n{args.file} through the dashboard ({started}, load average at the end "
           f"{os.getloadavg()[0]:.1f}); screenshots in {args.out_dir}\n")
     print("| step | seconds | peak memory, server + workers (GiB) | the page said |")

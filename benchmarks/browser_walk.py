@@ -85,6 +85,7 @@ it is never quiet). ``results.json`` in the output folder keeps every raw number
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -299,6 +300,43 @@ class Server:
             pass
         self.log.close()
         shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dashboard_in_chromium(out_dir: Path, *, port: int | None = None, headed: bool = False,
+                          init_script: str | None = None):
+    """Yield ``(server, page)``: a fresh dashboard server and a Chromium page (1400 x 1000) on it.
+
+    The server log goes to ``out_dir/streamlit.log``; if the body raises, ``out_dir/failure.png``
+    shows the page at that moment. Browser and server (its whole process group) are stopped at the
+    end, whatever happened.
+    """
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        raise SystemExit(f"{CHROMIUM} is missing: run `bash scripts/setup.sh --test`")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(port or free_port(), out_dir / "streamlit.log")
+    try:
+        server.wait_healthy()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=not headed,
+                                        args=[a for a in CHROMIUM_ARGS if not (headed and a == "--headless")])
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            if init_script:
+                context.add_init_script(init_script)
+            page = context.new_page()
+            page.set_default_timeout(120_000)
+            try:
+                yield server, page
+            except BaseException:
+                page.screenshot(path=str(out_dir / "failure.png"), full_page=True)
+                raise
+            finally:
+                context.close()
+                browser.close()
+    finally:
+        server.stop()
 
 
 def _proc_stat(pid: int) -> tuple[int, list[str]] | None:
@@ -648,47 +686,28 @@ def main() -> int:
                         help="trainings run in the background during the colour, resolution and DE steps")
     args = parser.parse_args()
 
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        parser.error(f"{CHROMIUM} is missing: run `bash scripts/setup.sh --test`")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
     steps: list[Step] = []
-    failure = None
-    server = Server(port, args.out_dir / "streamlit.log")
+    w: Walk | None = None
     try:
-        server.wait_healthy()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), headless=not args.headed,
-                args=[a for a in CHROMIUM_ARGS if not (args.headed and a == "--headless")])
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_init_script(TRACKER_JS)
-            page = context.new_page()
-            page.set_default_timeout(120_000)
+        with dashboard_in_chromium(args.out_dir, port=args.port, headed=args.headed,
+                                   init_script=TRACKER_JS) as (server, page):
             w = Walk(page, args.out_dir)
             try:
                 walk(w, server.url, args, steps, server)
-            except Exception as err:  # noqa: BLE001 - report what was measured, then fail
-                failure = err
-                page.screenshot(path=str(args.out_dir / "failure.png"))
             finally:
                 if w.busy is not None:
                     w.busy.stop()
-                (args.out_dir / "results.json").write_text(json.dumps(
-                    {"steps": [s.__dict__ for s in steps], "raw": w.raw, "args": {
-                        k: str(v) for k, v in vars(args).items()}}, indent=1))
-                context.close()
-                browser.close()
+    except Exception as err:  # noqa: BLE001 - report what was measured, then fail
+        print(table(steps))
+        print(f"\nFAILED after {len(steps)} steps: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     finally:
-        server.stop()
+        (args.out_dir / "results.json").write_text(json.dumps(
+            {"steps": [s.__dict__ for s in steps], "raw": w.raw if w else {}, "args": {
+                k: str(v) for k, v in vars(args).items()}}, indent=1))
 
     print(table(steps))
     print(f"\nScreenshots, server log and results.json in {args.out_dir}")
-    if failure is not None:
-        print(f"\nFAILED after {len(steps)} steps: {type(failure).__name__}: {failure}", file=sys.stderr)
-        return 1
     return 0
 
 

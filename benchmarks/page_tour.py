@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_walk import CHROMIUM, CHROMIUM_ARGS, SAMPLE_TEXT, Server, free_port  # noqa: E402
+from browser_walk import SAMPLE_TEXT, dashboard_in_chromium  # noqa: E402
 
 
 class Tour:
@@ -136,26 +136,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (default: automatic)")
     parser.add_argument("--out-dir", type=Path, default=Path("artifacts") / "page_tour")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(free_port(), args.out_dir / "streamlit.log")
-    try:
-        server.wait_healthy()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
-            t = Tour(page, args.out_dir)
-            try:
-                tour(t, server.url, args.epochs)
-            except Exception:
-                page.screenshot(path=str(args.out_dir / "failure.png"), full_page=True)
-                raise
-            finally:
-                browser.close()
-    finally:
-        server.stop()
+    with dashboard_in_chromium(args.out_dir) as (server, page):
+        tour(Tour(page, args.out_dir), server.url, args.epochs)
     print(f"Screenshots in {args.out_dir}")
     return 0
 
