@@ -98,7 +98,11 @@ def profiler(pid: int, path: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+IDLE = "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'"
+
+
 def choose(page, label: str, option: str) -> None:
+    page.wait_for_function(IDLE, timeout=600_000)  # a rerun that ends while the list is open closes it
     box = page.get_by_role("combobox", name=label, exact=True)
     box.click()
     page.get_by_role("option", name=option, exact=True).click()

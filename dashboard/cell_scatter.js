@@ -5,14 +5,16 @@
 // click to picture. Here a redraw is one canvas pass (10-40 ms at 12k cells), and positions are
 // decoded only when they change (data.xy_rev).
 //
-// data (see dashboard/cell_scatter.py): xy (base64 float32, x0 y0 x1 y1 ...), xy_rev, kind
+// data (see dashboard/cell_scatter.py): xy (base64 float32, x0 y0 x1 y1 ...; null when this tab
+// already holds the positions of xy_rev), xy_rev, kind
 // ("categorical" | "continuous"), codes (base64 int16, -1 = no value) with names and colours, or
 // values (base64 float32, NaN = no value) with vmin/vmax; clusters (base64 int16) with
 // cluster_names for the hover; label, title, point_size, opacity, height, text_labels
 // ([[name, x, y], ...]).
 // State sent back: selection = {rev, box: [x0, x1, y0, y1]} or {rev, lasso: [[x, y], ...]} after a
 // box or a lasso, in data coordinates; null clears it. The server selects every cell inside the
-// region, also those not drawn (above its cap only a random subsample is drawn).
+// region, also those not drawn (above its cap only a random subsample is drawn). Trigger sent:
+// need_xy = xy_rev when data.xy is null and this tab does not hold those positions.
 // The root's data-drawn counts canvas passes and data-draw-ms times the last one (benchmarks).
 
 const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884",
@@ -93,8 +95,12 @@ function build(root) {
     tools: q(".atlas-tools"), mode: "lasso", view: null, drawn: 0 };
 }
 
+// The positions last received, per browser tab: they outlive this element (a page switch unmounts
+// it), and the server sends them only when they change (data.xy is null otherwise).
+const HELD = "__atlasScatterPositions";
+
 export default function (component) {
-  const { data, parentElement, setStateValue } = component;
+  const { data, parentElement, setStateValue, setTriggerValue } = component;
   const host = parentElement;
   let s = host.__atlasScatter;
   if (!s || !host.contains(s.root)) {
@@ -103,7 +109,13 @@ export default function (component) {
   }
   s.setStateValue = setStateValue;
   if (s.rev !== data.xy_rev) {
-    s.xy = decode(data.xy, Float32Array);
+    if (data.xy) window[HELD] = { rev: data.xy_rev, xy: decode(data.xy, Float32Array) };
+    const held = window[HELD];
+    if (!held || held.rev !== data.xy_rev) {
+      setTriggerValue("need_xy", data.xy_rev); // this tab lost them: the server sends them again
+      return;
+    }
+    s.xy = held.xy;
     s.rev = data.xy_rev;
     s.view = null; // new positions: show them all
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;

@@ -62,3 +62,13 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     assert page.locator('[data-testid="stTable"]').get_by_text(f"{n_selected:,}").count() >= 1
     listed.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "explore_lasso_group.png"), full_page=True)
+
+    # Positions are sent once per session: a tab that lost them (here: dropped on purpose, then a
+    # page switch that unmounts the scatter) asks the server again and draws them.
+    page.evaluate("() => { delete window.__atlasScatterPositions; }")
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Data").click()
+    page.get_by_role("heading", name="Data", exact=True).wait_for()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Explore").click()
+    page.wait_for_function("() => Number(document.querySelector('.st-key-explore_scatter .atlas-scatter')"
+                           "?.dataset.points) > 20", timeout=60_000)
+    assert page.evaluate("() => window.__atlasScatterPositions.xy.length") > 40

@@ -11,6 +11,7 @@ import pytest
 
 from dashboard import explore as ex
 from dashboard.cell_scatter import selected_rows
+from dashboard.explore_figures import _fingerprint
 from dashboard.state import AppState
 
 from .conftest import app_with_active_run
@@ -32,6 +33,11 @@ def scatter(at) -> dict:
     return json.loads(element.proto.json)
 
 
+def positions(state, run) -> np.ndarray:
+    """The drawn positions as the scatter gets them (every cell of this small data set is drawn)."""
+    return np.asarray(ex.embedding(state, run), dtype=np.float32)
+
+
 def n_clusters(at) -> int:
     header = next(h.value for h in at.subheader if h.value.startswith("Leiden clusters"))
     return int(header.split(":")[1].split()[0])
@@ -47,12 +53,27 @@ def drawn_categories(data: dict) -> np.ndarray:
     return np.asarray(data["names"] + ["(no value)"], dtype=object)[decode(data["codes"], np.int16)]
 
 
+def test_positions_are_sent_once_then_only_colours(app):
+    at, state, run = app
+    st_key = "_atlas_scatter_sent_explore_scatter"
+    at.session_state[st_key] = None  # as for a new session
+    at.run()
+    first = scatter(at)
+    np.testing.assert_array_equal(decode(first["xy"], np.float32).reshape(-1, 2), positions(state, run))
+    at.selectbox(key="explore_source").set_value("Annotation").run()
+    again = scatter(at)
+    # the browser keeps them: a colour change sends the colours alone
+    assert again["xy"] is None and again["xy_rev"] == first["xy_rev"] and again["label"] != first["label"]
+    at.selectbox(key="explore_source").set_value("Cluster").run()
+    assert scatter(at)["xy"] is None
+
+
 def test_page_shows_umap_coloured_by_cluster(app):
     at, state, run = app
     data = scatter(at)
     labels = ex.cluster_labels(state, run, state.filtered)
     assert data["kind"] == "categorical" and data["names"] == list(labels.cat.categories)
-    assert len(decode(data["xy"], np.float32)) == 2 * state.filtered.n_obs
+    assert data["xy_rev"] == _fingerprint(positions(state, run))
     assert "UMAP" in data["title"]
     # Every cell is drawn in its cluster's colour, and its hover names its cluster.
     assert (drawn_categories(data) == labels.to_numpy().astype(str)).all()
@@ -118,7 +139,7 @@ def test_a_restarted_server_shows_the_kept_views_without_computing(app, monkeypa
     import streamlit as st
 
     at, state, run = app
-    before = decode(scatter(at)["xy"], np.float32)
+    before = scatter(at)["xy_rev"]
     labels = ex.cluster_labels(state, run, state.filtered).to_numpy().astype(str)
     kept = {p.name for p in (run.path / "views").iterdir()}
     assert {"X_umap.npy", "leiden-1.npy", "graph"} <= kept
@@ -131,7 +152,7 @@ def test_a_restarted_server_shows_the_kept_views_without_computing(app, monkeypa
     monkeypatch.setattr(ex, "run_long", no_long_jobs)
     at.run()
     assert not at.exception, at.exception
-    np.testing.assert_array_equal(decode(scatter(at)["xy"], np.float32), before)
+    assert scatter(at)["xy_rev"] == before  # the same positions
     assert (ex.cluster_labels(state, run, state.filtered).to_numpy().astype(str) == labels).all()
     # Another resolution clusters the kept graph (no neighbour search).
     at.slider(key="explore_resolution").set_value(0.5).run()
@@ -156,10 +177,10 @@ def test_renamed_clusters_appear_on_the_plot_and_in_the_labels(app):
 
 
 def test_group_from_a_simulated_lasso_selection_is_listed(app):
-    at, state, _ = app
+    at, state, run = app
     data = scatter(at)
     # what the component sends back after a box: the region in data coordinates, on these positions
-    coords = np.frombuffer(base64.b64decode(data["xy"]), dtype=np.float32).reshape(-1, 2)
+    coords = positions(state, run)
     x0, y0 = np.quantile(coords, 0.3, axis=0)
     x1, y1 = np.quantile(coords, 0.7, axis=0)
     chosen = selected_rows({"rev": data["xy_rev"], "box": [x0, x1, y0, y1]}, data["xy_rev"], coords)
