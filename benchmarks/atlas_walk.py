@@ -16,7 +16,8 @@ It starts the dashboard as ``browser_walk.py`` does (own process group, empty ru
    epochs it chose);
 4. **first view**: Explore, until the scatter is drawn (neighbour graph, UMAP, Leiden);
 5. **colour change**: "Colour by" -> "Annotation" (its first column), then "Cluster", then
-   "Annotation" again, each until the canvas shows it (the note gives the canvas pass's own time);
+   "Annotation" again, each from the click on the option until the canvas shows it (the note gives
+   the canvas pass's own time and the server's, from the page's "Drawn in" caption);
 6. **box selection**: a box over the middle of the scatter, until the page counts the cells
    selected among all cells (drawn or not);
 7. **DE**: Differential expression of ``--group`` against the rest (``cell_type``), until the volcano shows.
@@ -164,7 +165,10 @@ def walk(page, url: str, args, server: Server, out_dir: Path) -> list[tuple[str,
     for option, label_js in (("Annotation", "!== 'cluster'"), ("Cluster", "=== 'cluster'"),
                              ("Annotation", "!== 'cluster'")):
         before = int(root.get_attribute("data-drawn"))
-        step(f"colour change (Colour by: {option})", lambda option=option: choose(page, "Colour by", option),
+        page.wait_for_function(IDLE, timeout=600_000)
+        page.get_by_role("combobox", name="Colour by", exact=True).click()  # the list open: timed from the pick
+        step(f"colour change (Colour by: {option})",
+             lambda option=option: page.get_by_role("option", name=option, exact=True).click(),
              lambda before=before, label_js=label_js: page.wait_for_function(
                  f"() => Number(document.querySelector('{SCATTER}').dataset.drawn) > {before} && "
                  f"document.querySelector('{SCATTER}').dataset.label {label_js}", timeout=120_000),

@@ -68,6 +68,20 @@ def test_positions_are_sent_once_then_only_colours(app):
     assert scatter(at)["xy"] is None
 
 
+def test_reruns_read_the_kept_umap_not_the_first_views_cache(app, monkeypatch):
+    at, state, run = app
+    at.run()
+    assert (run.path / "views" / "X_umap.npy").is_file()
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a rerun read the first view's cached graph again (hundreds of MB at 1M cells)")
+
+    monkeypatch.setattr(ex, "_first_view", not_again)
+    for source in ("Annotation", "Cluster"):
+        at.selectbox(key="explore_source").set_value(source).run()
+        assert not at.exception, at.exception
+
+
 def test_page_shows_umap_coloured_by_cluster(app):
     at, state, run = app
     data = scatter(at)

@@ -63,6 +63,19 @@ def save_view(run_path: str | os.PathLike[str], name: str, array: np.ndarray) ->
             tmp.unlink()
 
 
+def view_stamp(run_path: str | os.PathLike[str] | None, name: str) -> float | None:
+    """When the run's view ``name`` was written (its file's mtime), or None.
+
+    Part of a cache key, so a cache that once found no view looks again after it is written.
+    """
+    if run_path is None:
+        return None
+    try:
+        return _path(run_path, name).stat().st_mtime
+    except OSError:
+        return None
+
+
 def load_view(run_path: str | os.PathLike[str] | None, name: str, *, n_cells: int) -> np.ndarray | None:
     """The run's view ``name``, or None when it was never kept (or does not fit ``n_cells`` cells)."""
     if run_path is None:
