@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +213,8 @@ def main() -> int:
                         help="the file already holds X_scVI, X_umap and leiden: go from the Data page to Explore")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/atlas_walk"))
     args = parser.parse_args()
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy (not part of the set-up): pip install py-spy")
     os.environ["ATLAS_DATA_DIR"] = str(args.data_dir)  # the server inherits it
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with dashboard_in_chromium(args.out_dir) as (server, page):
