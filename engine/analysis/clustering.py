@@ -41,7 +41,7 @@ def leiden_labels(
         raise ValueError(f"flavor must be one of {', '.join(map(repr, get_args(Flavor)))}, got {flavor!r}")
     upper = sp.triu(sp.csr_matrix(connectivities), k=1).tocoo()
     graph = ig.Graph(n=connectivities.shape[0])
-    # add_edges, not Graph(edges=...): at 1M cells (9.7M edges) 10-11 s against 16 s (BENCHMARKS.md)
+    # add_edges, not Graph(edges=...): at 1M cells (9.7M edges) 9.8 s against 14.0 s (BENCHMARKS.md)
     graph.add_edges(np.column_stack([upper.row, upper.col]))
     if flavor == "leidenalg":
         import leidenalg
