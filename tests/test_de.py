@@ -337,11 +337,15 @@ def test_wilcoxon_handles_dense_counts_and_refuses_overlap(kang_small):
         wilcoxon(kang_small, group1=g1, group2=g1)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 50])
-def test_wilcoxon_matches_scipy_on_a_wide_matrix_with_many_ties(monkeypatch, chunk_size):
-    """Every gene of a wide sparse matrix whose cells share a few totals, so values tie often."""
-    if chunk_size is not None:  # many small sorts, and genes wider than a chunk
-        monkeypatch.setattr("engine.analysis.wilcoxon._CHUNK_SIZE", chunk_size)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_wilcoxon_matches_scipy_on_a_wide_matrix_with_many_ties(monkeypatch, threads):
+    """Every gene of a wide sparse matrix whose cells share a few totals, so values tie often.
+
+    With 3 threads the rows and the genes are split in uneven parts (180 cells, 3,000 genes).
+    """
+    monkeypatch.setattr("engine.analysis.wilcoxon.available_cores", lambda: threads)
+    monkeypatch.setattr("engine.analysis.wilcoxon._ROWS_PER_THREAD", 1)
+    monkeypatch.setattr("engine.analysis.wilcoxon._KEYS_PER_THREAD", 1)
     rng = np.random.default_rng(7)
     n_cells, n_genes = 180, 3000
     group1 = rng.random(n_cells) < 0.3

@@ -8,15 +8,15 @@ Ranks are computed here, vectorised over genes and sparse-aware, rather than by 
 ``rank_genes_groups(method="wilcoxon")``, because that was measured slower (7 s against 0.8 s on
 the 12,261-cell sample, 1.2 s against 0.2 s on 14,878 genes, plus about a minute of numba
 compilation on first use) and leaves out the continuity correction, so its p-values differ from scipy's.
-At atlas scale (benchmarks/de_scale.py) 30,000 against 60,000 cells over 14,878 genes take about 5 s,
-100,000 against 200,000 cells of a 1M-cell atlas about 4 s; the loops that are not sorts (the
-gene-major copy, filling and reading the sort keys) are small numba kernels in
-:mod:`engine.analysis._kernels`, compiled once and cached on disk.
+At atlas scale (benchmarks/de_scale.py) 30,000 against 60,000 cells over 14,878 genes take about
+2.4 s, 100,000 against 200,000 cells of a 1M-cell atlas about 2 s, and one cell type against the
+rest of that atlas (every cell ranked) about 9 s; the loops that are not sorts (the gene-major
+copy with its log1p, reading the sorted keys) are small numba kernels in
+:mod:`engine.analysis._kernels`, compiled once and cached on disk, split over the cores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anndata as ad
@@ -25,9 +25,10 @@ import pandas as pd
 import scipy.sparse as sp
 import scipy.stats
 
-from engine.analysis._kernels import csc_scaled, fill_keys, row_run_sums
+from engine.analysis._kernels import gene_run_sums, row_scales, scatter_log_keys
 from engine.analysis.de import check_groups, display_names
 from engine.logs import timed
+from engine.threads import available_cores, split_over_threads
 
 # Normalised total per cell before log1p (scanpy's normalize_total target_sum).
 TARGET_SUM = 1e4
@@ -51,10 +52,10 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
     in1 = mask1[cells]
     # Raw counts as training reads them (engine.runs.records.counts_matrix, which needs torch).
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    logn = _log_normalized(counts, cells)
+    genes = _log_normalized_by_gene(counts, cells, in1)
 
     n1, n2 = int(in1.sum()), int((~in1).sum())
-    rank_sum_1, tie_term = _rank_sums(logn, in1)
+    rank_sum_1, tie_term = _rank_sums(genes, n_cells=len(cells), n1=n1)
     u1 = rank_sum_1 - n1 * (n1 + 1) / 2.0
     n = n1 + n2
     sigma = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))))
@@ -65,7 +66,8 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
         z = np.where(sigma > 0, np.sign(excess) * corrected / sigma, 0.0)
     pvalue = np.minimum(2.0 * scipy.stats.norm.sf(np.abs(z)), 1.0)
 
-    mean1, mean2 = _group_means(logn, in1)
+    # Zeros add nothing to a sum: each group's mean is its sum of log values over its size.
+    mean1, mean2 = genes.sums[1] / n1, genes.sums[0] / n2
     logfoldchange = np.log2((np.expm1(mean1) + 1e-9) / (np.expm1(mean2) + 1e-9))
 
     table = pd.DataFrame(
@@ -114,113 +116,99 @@ def concordance(de_table: pd.DataFrame, wilcoxon_table: pd.DataFrame, *, top_n: 
     )
 
 
-def _log_normalized(counts: sp.spmatrix | np.ndarray, cells: np.ndarray) -> sp.csc_matrix:
-    """log1p(counts normalised to TARGET_SUM per cell) of the chosen cells, sparse by gene.
+@dataclass(frozen=True)
+class _GeneMajorKeys:
+    """The chosen cells' non-zero log-normalised values, gene by gene, as sort keys.
 
-    One compiled pass (:func:`engine.analysis._kernels.csc_scaled`) reads the chosen rows of the
-    CSR counts and writes them gene-major, each value count * (TARGET_SUM / total) in float64,
-    without copying the rows first (scipy's row indexing and ``tocsc`` took 6 of the 9 s at 90k
-    cells x 15k genes). Zeros (explicit ones, or cells without counts) are not stored: they rank
-    as zeros. Then numpy's log1p, so values are bit for bit those of scaling a float64 copy.
+    Gene ``g``'s keys are ``keys[indptr[g]:indptr[g + 1]]``: each value's float64 bits shifted left by
+    one, with the lowest bit set for group 1's cells. The values are non-negative, so sorting the keys
+    sorts the values exactly, equal values stay equal, and the group travels with its value without
+    an argsort. ``sums[1]`` / ``sums[0]``: per gene, the sum of group 1's / group 2's values.
+    """
+
+    keys: np.ndarray
+    indptr: np.ndarray
+    sums: np.ndarray
+
+
+def _log_normalized_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.ndarray) -> _GeneMajorKeys:
+    """log1p(counts normalised to TARGET_SUM per cell) of ``cells``, gene-major, as sort keys.
+
+    Two compiled passes (:mod:`engine.analysis._kernels`) over the chosen rows of the CSR counts,
+    without copying them first, each split over the cores by rows: the per-cell scale factors and
+    each gene's count of non-zeros, then every value ``log1p(count * (TARGET_SUM / total))`` in
+    float64 (numpy's log1p of scaling a float64 copy, bit for bit) written to its gene's place.
+    Each thread writes after the rows of the threads before it, so the layout does not depend on
+    the number of threads. Zeros (explicit ones, or cells without counts) are not stored: they rank
+    as zeros. (At 1M cells the single-threaded transpose, a separate log1p and a padded sort took
+    20 s; this is ~5 s, benchmarks/de_scale.py.)
     """
     if sp.issparse(counts) and counts.format == "csr":
         csr, rows = counts, np.asarray(cells, dtype=np.int64)
     else:
         csr, rows = sp.csr_matrix(counts[cells]), np.arange(len(cells), dtype=np.int64)
-    if not csr.has_sorted_indices:  # csc_scaled walks each row's genes in order
+    if not csr.has_sorted_indices:  # scatter_log_keys walks each row's genes in order
         csr = csr.copy()
         csr.sort_indices()
-    data, indices, indptr = csc_scaled(csr.data, csr.indices, csr.indptr, rows, csr.shape[1], TARGET_SUM)
-    np.log1p(data, out=data)
-    return sp.csc_matrix((data, indices, indptr), shape=(len(rows), csr.shape[1]))
+    n_rows, n_genes = len(rows), csr.shape[1]
+    parts = max(min(available_cores(), n_rows // _ROWS_PER_THREAD), 1)
+    bounds = [n_rows * c // parts for c in range(parts + 1)]
+    scale = np.zeros(n_rows)
+    per_part = np.zeros((parts, n_genes), dtype=np.int64)
+    split_over_threads(lambda start, stop: row_scales(
+        csr.data, csr.indices, csr.indptr, rows, start, stop, TARGET_SUM, scale, per_part[bounds.index(start)]),
+        n_rows, parts)
+    indptr = np.zeros(n_genes + 1, dtype=np.int64)
+    np.cumsum(per_part.sum(axis=0), out=indptr[1:])
+    # where each part starts writing in each gene: after the parts before it
+    positions = indptr[:-1] + np.cumsum(per_part, axis=0) - per_part
+    keys = np.empty(int(indptr[-1]), dtype=np.uint64)
+    group = np.ascontiguousarray(in1, dtype=np.uint64)
+    sums = np.zeros((parts, 2, n_genes))
+    split_over_threads(lambda start, stop: scatter_log_keys(
+        csr.data, csr.indices, csr.indptr, rows, start, stop, scale, group, positions[bounds.index(start)],
+        keys, keys.view(np.float64), sums[bounds.index(start)]), n_rows, parts)
+    return _GeneMajorKeys(keys=keys, indptr=indptr, sums=sums.sum(axis=0))
 
 
-def _group_means(x: sp.csc_matrix, in1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per gene: mean of ``x`` over group 1's cells and over the others (as ``x[in1].mean(axis=0)``)."""
-    n1, n2 = int(in1.sum()), int((~in1).sum())
-    weights1 = np.where(in1, 1.0 / n1, 0.0)
-    weights2 = np.where(in1, 0.0, 1.0 / n2)
-    return x.T @ weights1, x.T @ weights2
+# Fewest rows worth a thread of their own (a thread costs ~0.1 ms to hand work to).
+_ROWS_PER_THREAD = 2_000
 
 
-# Padded non-zero values sorted at once, per chunk of genes (bounds the temporaries to ~100 MB).
-_CHUNK_SIZE = 1 << 21
-# Genes are sorted in buckets of similar non-zero counts, each padded to its widest gene.
-_BUCKET_RATIO = 1.25
-_PAD = np.uint64(np.iinfo(np.uint64).max - 1)  # sorts after every finite value, group bit 0
-
-
-def _rank_sums(x: sp.csc_matrix, in1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per gene: sum of group 1's ranks among all cells, and the tie term sum(t^3 - t).
+def _rank_sums(genes: _GeneMajorKeys, *, n_cells: int, n1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per gene: sum of group 1's ranks among all ``n_cells`` cells, and the tie term sum(t^3 - t).
 
     Sparse-aware: values are non-negative, so a gene's zeros rank first and share one average rank,
-    (n_zero + 1) / 2, known from their count; only the non-zero values are sorted, many genes per
-    call (:func:`_sorted_keys`), and each run of equal values in a gene gets the average of the
-    ranks it spans (:func:`_run_sums`, one pass over the sorted values).
-    """
-    n_cells, n_genes = x.shape
-    nnz = np.diff(x.indptr)
-    n_zero = (n_cells - nnz).astype(np.float64)
-    nonzero_rank_sum = np.zeros(n_genes)  # group 1's ranks of non-zero values
-    nonzero_in1 = np.zeros(n_genes)  # group 1's cells with a non-zero value
-    tie_term = n_zero**3 - n_zero
-    bits = np.ascontiguousarray(x.data, dtype=np.float64).view(np.uint64)
-    group = np.ascontiguousarray(in1, dtype=np.uint64)
-    for genes in _gene_chunks(nnz):
-        keys = _sorted_keys(bits, x.indices, x.indptr, genes, int(nnz[genes].max()), group)
-        rank_sum, count, ties = _run_sums(keys, nnz[genes], n_zero[genes])
-        nonzero_rank_sum[genes] += rank_sum
-        nonzero_in1[genes] += count
-        tie_term[genes] += ties
-    zeros_in1 = int(in1.sum()) - nonzero_in1
-    return nonzero_rank_sum + zeros_in1 * (n_zero + 1.0) / 2.0, tie_term
-
-
-def _gene_chunks(nnz: np.ndarray) -> Iterator[np.ndarray]:
-    """The genes with non-zero values, in groups of similar count padding to at most _CHUNK_SIZE."""
-    order = np.argsort(nnz, kind="stable")
-    order = order[nnz[order] > 0]
-    if order.size == 0:
-        return
-    bucket = np.floor(np.log(nnz[order]) / np.log(_BUCKET_RATIO)).astype(np.int64)
-    edges = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1], True])
-    for first, stop in zip(edges[:-1], edges[1:], strict=True):
-        step = max(1, _CHUNK_SIZE // int(nnz[order[stop - 1]]))
-        for start in range(first, stop, step):
-            yield order[start : min(start + step, stop)]
-
-
-def _sorted_keys(
-    bits: np.ndarray, indices: np.ndarray, indptr: np.ndarray, genes: np.ndarray, width: int, group: np.ndarray
-) -> np.ndarray:
-    """One row per gene: its non-zero values as sort keys, ascending, padded with _PAD to ``width``.
-
-    ``bits`` are the CSC matrix's float64 values as uint64, ``indices``/``indptr`` its structure,
-    ``group`` 1 for group 1's cells, else 0. A key is the float's bits (which order non-negative
-    floats as their values) shifted left by one, with the lowest bit set for group 1's cells:
-    sorting keys sorts values exactly, equal values stay equal, and the group travels with its
-    value without an argsort.
-    """
-    keys = np.full((len(genes), width), _PAD, dtype=np.uint64)
-    fill_keys(bits, indices, indptr, genes, group, keys)
-    keys.sort(axis=1)
-    return keys
-
-
-def _run_sums(
-    keys: np.ndarray, lengths: np.ndarray, n_zero: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of sorted keys: group 1's rank sum, group 1's count, and the tie term sum(t^3 - t).
-
-    Row ``i`` holds ``lengths[i]`` keys, then padding; the gene has ``n_zero[i]`` zeros.
+    (n_zero + 1) / 2, known from their count; only the non-zero values are sorted (each gene's
+    segment of keys, in place, by numpy), and each run of equal values in a gene gets the average of
+    the ranks it spans (:func:`engine.analysis._kernels.gene_run_sums`, one pass). The genes are
+    split over the cores in ranges of about equal numbers of values.
 
     A run of t equal values starting at position p (0-based) among a gene's non-zeros holds ranks
     n_zero + p + 1 ... n_zero + p + t, average n_zero + p + (t + 1) / 2. Sums of half-integers
     below 2**52 are exact in float64, so the order of summation does not matter.
     """
-    rank_sum = np.zeros(len(lengths))
-    count = np.zeros(len(lengths))
-    ties = np.zeros(len(lengths))
-    row_run_sums(keys, np.ascontiguousarray(lengths, dtype=np.int64), np.ascontiguousarray(n_zero, dtype=np.float64),
-                  rank_sum, count, ties)
-    return rank_sum, count, ties
+    keys, indptr = genes.keys, genes.indptr
+    n_genes = len(indptr) - 1
+    nnz = np.diff(indptr)
+    n_zero = (n_cells - nnz).astype(np.float64)
+    nonzero_rank_sum = np.zeros(n_genes)  # group 1's ranks of non-zero values
+    nonzero_in1 = np.zeros(n_genes)  # group 1's cells with a non-zero value
+    nonzero_ties = np.zeros(n_genes)
+
+    def sort_and_sum(start: int, stop: int) -> None:
+        # the genes whose values start in [start, stop) of the keys
+        first = int(np.searchsorted(indptr[:-1], start, side="left"))
+        last = n_genes if stop == len(keys) else int(np.searchsorted(indptr[:-1], stop, side="left"))
+        for gene in range(first, last):
+            keys[indptr[gene] : indptr[gene + 1]].sort()  # numpy releases the GIL while it sorts
+        gene_run_sums(keys, indptr, first, last, n_zero, nonzero_rank_sum, nonzero_in1, nonzero_ties)
+
+    parts = max(min(available_cores(), len(keys) // _KEYS_PER_THREAD), 1)
+    split_over_threads(sort_and_sum, len(keys), parts)
+    zeros_in1 = n1 - nonzero_in1
+    return nonzero_rank_sum + zeros_in1 * (n_zero + 1.0) / 2.0, n_zero**3 - n_zero + nonzero_ties
+
+
+# Fewest sort keys worth a thread of their own.
+_KEYS_PER_THREAD = 100_000
