@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
-__all__ = ["obs_column"]
+__all__ = ["as_text", "obs_column"]
 
 
 def obs_column(adata: AnnData, key: str, *, role: str = "column", allow_missing: bool = True) -> pd.Series:
@@ -23,3 +23,18 @@ def obs_column(adata: AnnData, key: str, *, role: str = "column", allow_missing:
             f"adata.obs[{key!r}] ({role}) has {int(column.isna().sum()):,} missing labels: fill or drop those cells"
         )
     return column
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """``values`` as ``values.astype(str)`` would write them, but categorical.
+
+    A categorical column keeps its codes and only its category names become text: at 1M cells the
+    million Python strings of ``astype(str)`` cost ~0.75 s per column. (A column with a missing
+    value, which ``astype(str)`` writes as "nan", or whose names collide as text, takes that way.)
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        names = values.cat.categories.astype(str)
+        codes = values.cat.codes.to_numpy()
+        if names.is_unique and (codes >= 0).all():
+            return pd.Series(pd.Categorical.from_codes(codes, categories=names), index=values.index, name=values.name)
+    return values.astype(str).astype("category")

@@ -235,6 +235,28 @@ def test_groups_from_obs_rest_and_within(kang_small):
     assert np.array_equal(g2, ~b_cells & in_donor)
 
 
+@pytest.mark.parametrize("kind", ["categorical numbers", "numbers", "text with a missing value"])
+def test_groups_from_obs_compares_labels_as_text(kind):
+    from engine.checks import as_text
+
+    values = np.array([3, 1, 3, 2, 1, 3] * 5)
+    missing = pd.Series(np.where(values == 2, None, values.astype(str)), dtype=object)
+    column = {"categorical numbers": pd.Series(pd.Categorical(values)), "numbers": pd.Series(values),
+              "text with a missing value": missing}[kind]
+    column.index = [f"c{i}" for i in range(len(values))]
+    adata = ad.AnnData(obs=pd.DataFrame({"leiden": column}))
+    text = as_text(adata.obs["leiden"])
+    assert isinstance(text.dtype, pd.CategoricalDtype)
+    assert text.astype(str).tolist() == adata.obs["leiden"].astype(str).tolist()  # as astype(str) writes them
+    g1, g2 = groups_from_obs(adata, groupby="leiden", group1="3", group2="rest")
+    assert np.array_equal(g1, values == 3) and np.array_equal(g2, values != 3)
+    other = "None" if kind.startswith("text") else "2"
+    g1, g2 = groups_from_obs(adata, groupby="leiden", group1="1", group2=other)
+    assert np.array_equal(g1, values == 1) and np.array_equal(g2, values == 2)
+    with pytest.raises(ValueError, match="no value '4'; values present: '1', "):
+        groups_from_obs(adata, groupby="leiden", group1="4", group2="rest")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

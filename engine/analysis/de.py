@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from engine.checks import obs_column
+from engine.checks import as_text, obs_column
 from engine.logs import timed
 from engine.memory import check_dense_size
 from engine.preprocessing.normalize import TARGET_SUM
@@ -736,13 +736,14 @@ def _count_statistics(counts: sp.csr_matrix, mask: np.ndarray) -> tuple[np.ndarr
     return total / n_cells, expressing / n_cells
 
 
-def _obs_labels(adata: ad.AnnData, column: str) -> np.ndarray:
-    return obs_column(adata, column).astype(str).to_numpy()
+def _obs_labels(adata: ad.AnnData, column: str) -> pd.Categorical:
+    return as_text(obs_column(adata, column)).array
 
 
-def _check_value(labels: np.ndarray, column: str, value: str) -> None:
-    if value not in set(labels):
-        present = sorted(set(labels))
+def _check_value(labels: pd.Categorical, column: str, value: str) -> None:
+    present = set(labels.categories[np.unique(labels.codes)])
+    if value not in present:
+        present = sorted(present)
         shown = ", ".join(map(repr, present[:20])) + (" ..." if len(present) > 20 else "")
         raise ValueError(f"{column} has no value {value!r}; values present: {shown}")
 
