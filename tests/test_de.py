@@ -363,9 +363,12 @@ def test_wilcoxon_handles_dense_counts_and_refuses_overlap(kang_small):
 def test_wilcoxon_matches_scipy_on_a_wide_matrix_with_many_ties(monkeypatch, threads):
     """Every gene of a wide sparse matrix whose cells share a few totals, so values tie often.
 
-    With 3 threads the rows and the genes are split in uneven parts (180 cells, 3,000 genes).
+    With 3 threads the rows and the genes are split in uneven parts (180 cells, 3,000 genes), and
+    the genes are written and sorted in blocks of 7.
     """
     monkeypatch.setattr("engine.analysis.wilcoxon.available_cores", lambda: threads)
+    if threads > 1:
+        monkeypatch.setattr("engine.analysis.wilcoxon._GENE_BLOCK", 7)
     monkeypatch.setattr("engine.analysis.wilcoxon._ROWS_PER_THREAD", 1)
     monkeypatch.setattr("engine.analysis.wilcoxon._KEYS_PER_THREAD", 1)
     rng = np.random.default_rng(7)

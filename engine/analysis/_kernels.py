@@ -7,8 +7,6 @@ import math
 import numba
 import numpy as np
 
-# Columns written per pass of scatter_log_keys (measured at 1M cells x 1,287 genes: 512 beat 128 and 2,048).
-_COLUMN_BLOCK = 512
 # Whole counts below this have their log1p kept per row by scatter_log_keys.
 _SMALL_COUNTS = 16
 
@@ -48,50 +46,44 @@ def row_scales(data, indices, indptr, rows, start, stop, target, scale, per_colu
 
 @numba.njit(nogil=True, boundscheck=False, cache=True)
 def scatter_log_keys(data, indices, indptr, rows, start, stop, scale, group,  # pragma: no cover - compiled
-                     position, keys, keys_f, sums):
-    """Rows ``rows[start:stop]``' non-zero values as gene-major sort keys, and per-group sums.
+                     cursor, stop_column, position, keys, keys_f, sums):
+    """Rows ``rows[start:stop]``' non-zeros in columns below ``stop_column``: gene-major keys and sums.
 
-    Each value becomes ``w = log1p(value * scale[i])`` (float64), stored at ``position[column]`` (then
-    advanced) as the key ``bits(w) << 1 | group[i]``: ``keys`` and ``keys_f`` are the same memory as
-    uint64 and float64. ``sums[group[i], column] += w``. The CSR indices must be sorted in each row.
+    Each row resumes at ``cursor[i - start]`` (an index into ``data``; advanced past the values
+    written, so the next block of columns starts there: the CSR indices must be sorted in each
+    row). Each value becomes ``w = log1p(value * scale[i])`` (float64), stored at
+    ``position[column]`` (then advanced) as the key ``bits(w) << 1 | group[i]``: ``keys`` and
+    ``keys_f`` are the same memory as uint64 and float64. ``sums[group[i], column] += w``.
     """
-    n_columns = position.shape[0]
     one = np.uint64(1)
-    # Scattering every value to its column at once writes to thousands of places far apart (a cache
-    # and TLB miss per value); a block of columns at a time keeps the write cursors few. Each row's
-    # indices are sorted, so a row resumes where the previous block stopped.
-    cursor = np.empty(stop - start, dtype=np.int64)
-    for i in range(start, stop):
-        cursor[i - start] = indptr[rows[i]]
     # log1p of the small whole counts of a row, computed once per row and count: most counts are 1-3,
-    # so this saves ~10 of every 11 log1p calls (the same float64 expression, so the same bits)
+    # so this saves most log1p calls (the same float64 expression, so the same bits)
     small = np.empty(_SMALL_COUNTS)
     small_row = np.full(_SMALL_COUNTS, -1, dtype=np.int64)  # the row each small[c] was computed for
-    for stop_column in range(_COLUMN_BLOCK, n_columns + _COLUMN_BLOCK, _COLUMN_BLOCK):
-        for i in range(start, stop):
-            end = indptr[rows[i] + 1]
-            k = cursor[i - start]
-            factor = scale[i]
-            g = group[i]
-            while k < end and indices[k] < stop_column:
-                if data[k] != 0 and factor != 0:
-                    column = indices[k]
-                    p = position[column]
-                    value = np.float64(data[k])
-                    c = int(value) if 0 < value < _SMALL_COUNTS else 0
-                    if c > 0 and c == value:
-                        if small_row[c] != i:
-                            small[c] = math.log1p(value * factor)
-                            small_row[c] = i
-                        w = small[c]
-                    else:
-                        w = math.log1p(value * factor)
-                    keys_f[p] = w
-                    keys[p] = (keys[p] << one) | g
-                    sums[g, column] += w
-                    position[column] += 1
-                k += 1
-            cursor[i - start] = k
+    for i in range(start, stop):
+        end = indptr[rows[i] + 1]
+        k = cursor[i - start]
+        factor = scale[i]
+        g = group[i]
+        while k < end and indices[k] < stop_column:
+            if data[k] != 0 and factor != 0:
+                column = indices[k]
+                p = position[column]
+                value = np.float64(data[k])
+                c = int(value) if 0 < value < _SMALL_COUNTS else 0
+                if c > 0 and c == value:
+                    if small_row[c] != i:
+                        small[c] = math.log1p(value * factor)
+                        small_row[c] = i
+                    w = small[c]
+                else:
+                    w = math.log1p(value * factor)
+                keys_f[p] = w
+                keys[p] = (keys[p] << one) | g
+                sums[g, column] += w
+                position[column] += 1
+            k += 1
+        cursor[i - start] = k
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True)

@@ -52,10 +52,10 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
     in1 = mask1[cells]
     # Raw counts as training reads them (engine.runs.records.counts_matrix, which needs torch).
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    genes = _log_normalized_by_gene(counts, cells, in1)
+    ranks = _ranks_by_gene(counts, cells, in1)
 
     n1, n2 = int(in1.sum()), int((~in1).sum())
-    rank_sum_1, tie_term = _rank_sums(genes, n_cells=len(cells), n1=n1)
+    rank_sum_1, tie_term = ranks.rank_sum, ranks.tie_term
     u1 = rank_sum_1 - n1 * (n1 + 1) / 2.0
     n = n1 + n2
     sigma = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))))
@@ -67,7 +67,7 @@ def wilcoxon(adata: ad.AnnData, *, group1: np.ndarray, group2: np.ndarray) -> pd
     pvalue = np.minimum(2.0 * scipy.stats.norm.sf(np.abs(z)), 1.0)
 
     # Zeros add nothing to a sum: each group's mean is its sum of log values over its size.
-    mean1, mean2 = genes.sums[1] / n1, genes.sums[0] / n2
+    mean1, mean2 = ranks.sums[1] / n1, ranks.sums[0] / n2
     logfoldchange = np.log2((np.expm1(mean1) + 1e-9) / (np.expm1(mean2) + 1e-9))
 
     table = pd.DataFrame(
@@ -117,31 +117,40 @@ def concordance(de_table: pd.DataFrame, wilcoxon_table: pd.DataFrame, *, top_n: 
 
 
 @dataclass(frozen=True)
-class _GeneMajorKeys:
-    """The chosen cells' non-zero log-normalised values, gene by gene, as sort keys.
+class _GeneRanks:
+    """Per gene: group 1's rank sum among the chosen cells, the tie term sum(t^3 - t), and sums.
 
-    Gene ``g``'s keys are ``keys[indptr[g]:indptr[g + 1]]``: each value's float64 bits shifted left by
-    one, with the lowest bit set for group 1's cells. The values are non-negative, so sorting the keys
-    sorts the values exactly, equal values stay equal, and the group travels with its value without
-    an argsort. ``sums[1]`` / ``sums[0]``: per gene, the sum of group 1's / group 2's values.
+    ``sums[1]`` / ``sums[0]``: per gene, the sum of group 1's / group 2's log-normalised values.
     """
 
-    keys: np.ndarray
-    indptr: np.ndarray
+    rank_sum: np.ndarray
+    tie_term: np.ndarray
     sums: np.ndarray
 
 
-def _log_normalized_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.ndarray) -> _GeneMajorKeys:
-    """log1p(counts normalised to TARGET_SUM per cell) of ``cells``, gene-major, as sort keys.
+def _ranks_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.ndarray) -> _GeneRanks:
+    """Ranks of log1p(counts normalised to TARGET_SUM per cell) of ``cells``, gene by gene.
 
-    Two compiled passes (:mod:`engine.analysis._kernels`) over the chosen rows of the CSR counts,
-    without copying them first, each split over the cores by rows: the per-cell scale factors and
-    each gene's count of non-zeros, then every value ``log1p(count * (TARGET_SUM / total))`` in
-    float64 (numpy's log1p of scaling a float64 copy, bit for bit) written to its gene's place.
-    Each thread writes after the rows of the threads before it, so the layout does not depend on
-    the number of threads. Zeros (explicit ones, or cells without counts) are not stored: they rank
-    as zeros. (At 1M cells the single-threaded transpose, a separate log1p and a padded sort took
-    20 s; this is ~5 s, benchmarks/de_scale.py.)
+    Sparse-aware: values are non-negative, so a gene's zeros rank first and share one average rank,
+    (n_zero + 1) / 2, known from their count; only the non-zero values are sorted.
+
+    Compiled passes (:mod:`engine.analysis._kernels`) over the chosen rows of the CSR counts,
+    without copying them first: the per-cell scale factors and each gene's count of non-zeros;
+    then, a block of genes at a time (the write cursors stay few, and one buffer of a block's values
+    serves every block), each value ``log1p(count * (TARGET_SUM / total))`` in float64 (numpy's
+    log1p of scaling a float64 copy, bit for bit) written to its gene's place as a sort key: its
+    bits shifted left by one, the lowest bit set for group 1's cells. Sorting the keys sorts the
+    values exactly, equal values stay equal, and the group travels with its value without an
+    argsort. Each gene's keys are sorted in place (numpy) and each run of equal values gets the
+    average of the ranks it spans (:func:`engine.analysis._kernels.gene_run_sums`, one pass).
+    The rows, then the genes, are split over the cores; each thread writes after the rows of the
+    threads before it, so the result does not depend on the number of threads. Zeros (explicit
+    ones, or cells without counts) are not stored. (At 1M cells the single-threaded gene-major copy,
+    a separate log1p and a padded sort took 20-31 s; this takes ~7-9 s, benchmarks/de_scale.py.)
+
+    A run of t equal values starting at position p (0-based) among a gene's non-zeros holds ranks
+    n_zero + p + 1 ... n_zero + p + t, average n_zero + p + (t + 1) / 2. Sums of half-integers
+    below 2**52 are exact in float64, so the order of summation does not matter.
     """
     if sp.issparse(counts) and counts.format == "csr":
         csr, rows = counts, np.asarray(cells, dtype=np.int64)
@@ -158,56 +167,51 @@ def _log_normalized_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray,
     split_over_threads(lambda start, stop: row_scales(
         csr.data, csr.indices, csr.indptr, rows, start, stop, TARGET_SUM, scale, per_part[bounds.index(start)]),
         n_rows, parts)
+    nnz = per_part.sum(axis=0)
     indptr = np.zeros(n_genes + 1, dtype=np.int64)
-    np.cumsum(per_part.sum(axis=0), out=indptr[1:])
+    np.cumsum(nnz, out=indptr[1:])
     # where each part starts writing in each gene: after the parts before it
-    positions = indptr[:-1] + np.cumsum(per_part, axis=0) - per_part
-    keys = np.empty(int(indptr[-1]), dtype=np.uint64)
+    part_start = indptr[:-1] + np.cumsum(per_part, axis=0) - per_part
+    cursors = [csr.indptr[rows[bounds[c] : bounds[c + 1]]].astype(np.int64) for c in range(parts)]
     group = np.ascontiguousarray(in1, dtype=np.uint64)
     sums = np.zeros((parts, 2, n_genes))
-    split_over_threads(lambda start, stop: scatter_log_keys(
-        csr.data, csr.indices, csr.indptr, rows, start, stop, scale, group, positions[bounds.index(start)],
-        keys, keys.view(np.float64), sums[bounds.index(start)]), n_rows, parts)
-    return _GeneMajorKeys(keys=keys, indptr=indptr, sums=sums.sum(axis=0))
+    blocks = range(0, n_genes, _GENE_BLOCK)
+    keys = np.empty(max((int(indptr[min(g + _GENE_BLOCK, n_genes)] - indptr[g]) for g in blocks), default=0),
+                    dtype=np.uint64)
+    n_zero = (n_rows - nnz).astype(np.float64)
+    rank_sum = np.zeros(n_genes)  # group 1's ranks of non-zero values
+    count = np.zeros(n_genes)  # group 1's cells with a non-zero value
+    ties = np.zeros(n_genes)
+    for first in blocks:
+        last = min(first + _GENE_BLOCK, n_genes)
+        local = indptr[first : last + 1] - indptr[first]  # the block's genes in ``keys``
+        position = part_start - indptr[first]  # only columns first..last-1 are written
+        split_over_threads(lambda start, stop, last=last, position=position: scatter_log_keys(
+            csr.data, csr.indices, csr.indptr, rows, start, stop, scale, group, cursors[bounds.index(start)],
+            last, position[bounds.index(start)], keys, keys.view(np.float64), sums[bounds.index(start)]),
+            n_rows, parts)
+
+        def sort_and_sum(start: int, stop: int, first=first, last=last, local=local) -> None:
+            # the block's genes whose keys start in [start, stop)
+            a = int(np.searchsorted(local[:-1], start, side="left"))
+            b = last - first if stop == local[-1] else int(np.searchsorted(local[:-1], stop, side="left"))
+            for gene in range(a, b):
+                keys[local[gene] : local[gene + 1]].sort()  # numpy releases the GIL while it sorts
+            gene_run_sums(keys, local, a, b, n_zero[first:last], rank_sum[first:last], count[first:last],
+                          ties[first:last])
+
+        n_keys = int(local[-1])
+        split_over_threads(sort_and_sum, n_keys, max(min(available_cores(), n_keys // _KEYS_PER_THREAD), 1))
+    zeros_in1 = int(in1.sum()) - count
+    return _GeneRanks(rank_sum=rank_sum + zeros_in1 * (n_zero + 1.0) / 2.0, tie_term=n_zero**3 - n_zero + ties,
+                      sums=sums.sum(axis=0))
 
 
+# Genes whose values are written and sorted per pass (measured at 1M cells x 1,287 genes: 512 beat
+# 128 and 2,048 for the writes).
+_GENE_BLOCK = 512
 # Fewest rows worth a thread of their own (a thread costs ~0.1 ms to hand work to).
 _ROWS_PER_THREAD = 2_000
-
-
-def _rank_sums(genes: _GeneMajorKeys, *, n_cells: int, n1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per gene: sum of group 1's ranks among all ``n_cells`` cells, and the tie term sum(t^3 - t).
-
-    Sparse-aware: values are non-negative, so a gene's zeros rank first and share one average rank,
-    (n_zero + 1) / 2, known from their count; only the non-zero values are sorted (each gene's
-    segment of keys, in place, by numpy), and each run of equal values in a gene gets the average of
-    the ranks it spans (:func:`engine.analysis._kernels.gene_run_sums`, one pass). The genes are
-    split over the cores in ranges of about equal numbers of values.
-
-    A run of t equal values starting at position p (0-based) among a gene's non-zeros holds ranks
-    n_zero + p + 1 ... n_zero + p + t, average n_zero + p + (t + 1) / 2. Sums of half-integers
-    below 2**52 are exact in float64, so the order of summation does not matter.
-    """
-    keys, indptr = genes.keys, genes.indptr
-    n_genes = len(indptr) - 1
-    nnz = np.diff(indptr)
-    n_zero = (n_cells - nnz).astype(np.float64)
-    nonzero_rank_sum = np.zeros(n_genes)  # group 1's ranks of non-zero values
-    nonzero_in1 = np.zeros(n_genes)  # group 1's cells with a non-zero value
-    nonzero_ties = np.zeros(n_genes)
-
-    def sort_and_sum(start: int, stop: int) -> None:
-        # the genes whose values start in [start, stop) of the keys
-        first = int(np.searchsorted(indptr[:-1], start, side="left"))
-        last = n_genes if stop == len(keys) else int(np.searchsorted(indptr[:-1], stop, side="left"))
-        for gene in range(first, last):
-            keys[indptr[gene] : indptr[gene + 1]].sort()  # numpy releases the GIL while it sorts
-        gene_run_sums(keys, indptr, first, last, n_zero, nonzero_rank_sum, nonzero_in1, nonzero_ties)
-
-    parts = max(min(available_cores(), len(keys) // _KEYS_PER_THREAD), 1)
-    split_over_threads(sort_and_sum, len(keys), parts)
-    zeros_in1 = n1 - nonzero_in1
-    return nonzero_rank_sum + zeros_in1 * (n_zero + 1.0) / 2.0, n_zero**3 - n_zero + nonzero_ties
 
 
 # Fewest sort keys worth a thread of their own.
