@@ -161,11 +161,12 @@ def _ranks_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.
         csr.sort_indices()
     n_rows, n_genes = len(rows), csr.shape[1]
     parts = max(min(available_cores(), n_rows // _ROWS_PER_THREAD), 1)
-    bounds = [n_rows * c // parts for c in range(parts + 1)]
+    bounds = [n_rows * c // parts for c in range(parts + 1)]  # split_over_threads' row ranges
+    part_of = {start: c for c, start in enumerate(bounds[:-1])}
     scale = np.zeros(n_rows)
-    per_part = np.zeros((parts, n_genes), dtype=np.int64)
+    per_part = np.zeros((parts, n_genes), dtype=np.int64)  # non-zeros per gene in each part's rows
     split_over_threads(lambda start, stop: row_scales(
-        csr.data, csr.indices, csr.indptr, rows, start, stop, TARGET_SUM, scale, per_part[bounds.index(start)]),
+        csr.data, csr.indices, csr.indptr, rows, start, stop, TARGET_SUM, scale, per_part[part_of[start]]),
         n_rows, parts)
     nnz = per_part.sum(axis=0)
     indptr = np.zeros(n_genes + 1, dtype=np.int64)
@@ -175,36 +176,46 @@ def _ranks_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.
     cursors = [csr.indptr[rows[bounds[c] : bounds[c + 1]]].astype(np.int64) for c in range(parts)]
     group = np.ascontiguousarray(in1, dtype=np.uint64)
     sums = np.zeros((parts, 2, n_genes))
-    blocks = range(0, n_genes, _GENE_BLOCK)
-    keys = np.empty(max((int(indptr[min(g + _GENE_BLOCK, n_genes)] - indptr[g]) for g in blocks), default=0),
-                    dtype=np.uint64)
+    blocks = [(first, min(first + _GENE_BLOCK, n_genes)) for first in range(0, n_genes, _GENE_BLOCK)]
+    keys = np.empty(max((int(indptr[last] - indptr[first]) for first, last in blocks), default=0), dtype=np.uint64)
     n_zero = (n_rows - nnz).astype(np.float64)
     rank_sum = np.zeros(n_genes)  # group 1's ranks of non-zero values
     count = np.zeros(n_genes)  # group 1's cells with a non-zero value
     ties = np.zeros(n_genes)
-    for first in blocks:
-        last = min(first + _GENE_BLOCK, n_genes)
-        local = indptr[first : last + 1] - indptr[first]  # the block's genes in ``keys``
-        position = part_start - indptr[first]  # only columns first..last-1 are written
-        split_over_threads(lambda start, stop, last=last, position=position: scatter_log_keys(
-            csr.data, csr.indices, csr.indptr, rows, start, stop, scale, group, cursors[bounds.index(start)],
-            last, position[bounds.index(start)], keys, keys.view(np.float64), sums[bounds.index(start)]),
-            n_rows, parts)
+    for first, last in blocks:
+        position = part_start - indptr[first]  # into ``keys``; only genes first..last-1 are written
 
-        def sort_and_sum(start: int, stop: int, first=first, last=last, local=local) -> None:
-            # the block's genes whose keys start in [start, stop)
-            a = int(np.searchsorted(local[:-1], start, side="left"))
-            b = last - first if stop == local[-1] else int(np.searchsorted(local[:-1], stop, side="left"))
-            for gene in range(a, b):
-                keys[local[gene] : local[gene + 1]].sort()  # numpy releases the GIL while it sorts
-            gene_run_sums(keys, local, a, b, n_zero[first:last], rank_sum[first:last], count[first:last],
-                          ties[first:last])
+        def scatter(start: int, stop: int, last: int = last, position: np.ndarray = position) -> None:
+            c = part_of[start]
+            scatter_log_keys(csr.data, csr.indices, csr.indptr, rows, start, stop, scale, group, cursors[c], last,
+                             position[c], keys, keys.view(np.float64), sums[c])
 
-        n_keys = int(local[-1])
-        split_over_threads(sort_and_sum, n_keys, max(min(available_cores(), n_keys // _KEYS_PER_THREAD), 1))
+        split_over_threads(scatter, n_rows, parts)
+        block = slice(first, last)
+        _sort_and_sum(keys, indptr[first : last + 1] - indptr[first], n_zero[block], rank_sum[block], count[block],
+                      ties[block])
     zeros_in1 = int(in1.sum()) - count
     return _GeneRanks(rank_sum=rank_sum + zeros_in1 * (n_zero + 1.0) / 2.0, tie_term=n_zero**3 - n_zero + ties,
                       sums=sums.sum(axis=0))
+
+
+def _sort_and_sum(keys: np.ndarray, indptr: np.ndarray, n_zero: np.ndarray, rank_sum: np.ndarray,
+                  count: np.ndarray, ties: np.ndarray) -> None:
+    """Sort each gene's keys ``keys[indptr[g]:indptr[g + 1]]`` in place and fill its outputs (gene_run_sums).
+
+    The genes are split over the cores in ranges of about equal numbers of keys.
+    """
+    n_genes, n_keys = len(indptr) - 1, int(indptr[-1])
+
+    def work(start: int, stop: int) -> None:
+        # the genes whose keys start in [start, stop); the last range also takes trailing empty genes
+        a = int(np.searchsorted(indptr[:-1], start, side="left"))
+        b = n_genes if stop == n_keys else int(np.searchsorted(indptr[:-1], stop, side="left"))
+        for gene in range(a, b):
+            keys[indptr[gene] : indptr[gene + 1]].sort()  # numpy releases the GIL while it sorts
+        gene_run_sums(keys, indptr, a, b, n_zero, rank_sum, count, ties)
+
+    split_over_threads(work, n_keys, max(min(available_cores(), n_keys // _KEYS_PER_THREAD), 1))
 
 
 # Genes whose values are written and sorted per pass (measured at 1M cells x 1,287 genes: 512 beat
