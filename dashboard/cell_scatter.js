@@ -21,6 +21,8 @@ const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c
   "#44bf70", "#7ad151", "#bddf26", "#fde725"];
 const MISSING = "#BBBBBB";
 const BINS = 64; // continuous values are drawn in this many colour steps, high values last
+const LAYER_BITS = 3; // categorical colourings are drawn in 2 ** LAYER_BITS interleaved rounds
+const LAYER_STRIDE = 65536; // above every category code (int16)
 
 function decode(b64, Type) {
   // a plain loop: Uint8Array.from(text, callback) took seconds for the 10 MB of 1M positions
@@ -162,6 +164,15 @@ function escapeHtml(text) {
 }
 
 // Data -> canvas pixels (CSS pixels), keeping x and y on one scale like Plotly's scaleanchor.
+// The drawing round of point i: the top bits of a mixing hash of i (murmur3's finaliser; a plain
+// multiplicative hash gives points a fixed distance apart rounds a fixed distance apart).
+function layer(i) {
+  let h = i ^ (i >>> 16);
+  h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
+  return h >>> (32 - LAYER_BITS);
+}
+
 function transform(s) {
   const w = s.plot.clientWidth, h = s.data.height;
   const [x0, x1, y0, y1] = s.view || s.bounds;
@@ -183,14 +194,16 @@ function draw(s) {
   ctx.clearRect(0, 0, t.w, t.h);
   ctx.globalAlpha = d.opacity;
   const n = s.xy.length / 2, r = d.point_size / 2, xy = s.xy;
-  // one path per colour: a fill per colour, not per point
+  // one path per colour: a fill per colour, not per point. Categories are drawn in rounds of
+  // pseudo-randomly chosen points each (layer), so where categories overlap none lies on top of the
+  // others (drawn whole one after another, the last would hide the rest); missing values first.
   const groups = new Map();
   const colourOf = [];
   if (s.codes) {
     d.colours.forEach((c) => colourOf.push(c));
-    colourOf.push(MISSING);
     for (let i = 0; i < n; i++) {
-      const g = s.codes[i] < 0 ? d.colours.length : s.codes[i];
+      const code = s.codes[i];
+      const g = code < 0 ? -1 : layer(i) * LAYER_STRIDE + code;
       (groups.get(g) || groups.set(g, []).get(g)).push(i);
     }
   } else {
@@ -203,10 +216,10 @@ function draw(s) {
       (groups.get(g) || groups.set(g, []).get(g)).push(i);
     }
   }
-  const keys = [...groups.keys()].sort((a, b) => a - b); // missing (-1) first, high values last
+  const keys = [...groups.keys()].sort((a, b) => a - b); // missing (-1) first; layers, or high values last
   const tiny = r < 1.6;
   for (const g of keys) {
-    ctx.fillStyle = g < 0 ? MISSING : colourOf[g];
+    ctx.fillStyle = g < 0 ? MISSING : colourOf[s.codes ? g % LAYER_STRIDE : g];
     ctx.beginPath();
     for (const i of groups.get(g)) {
       const x = t.toX(xy[2 * i]), y = t.toY(xy[2 * i + 1]);

@@ -72,3 +72,30 @@ def test_lasso_on_the_embedding_saves_a_group(dashboard_url, browser_page):
     page.wait_for_function("() => Number(document.querySelector('.st-key-explore_scatter .atlas-scatter')"
                            "?.dataset.points) > 20", timeout=60_000)
     assert page.evaluate("() => window.__atlasScatterPositions.xy.length") > 40
+
+    # Where categories overlap, none lies on top: 400 places with one point of each of two
+    # categories on each. Drawn whole one after the other, the second would hide the first at every
+    # place; drawn in interleaved rounds, the first is on top at ~7/16 of them.
+    shares = page.evaluate("""() => {
+        const host = document.querySelector('.st-key-explore_scatter .atlas-scatter').parentElement;
+        const s = host.__atlasScatter, side = 20, n = side * side;
+        const xy = new Float32Array(4 * n), codes = new Int16Array(2 * n);
+        for (let k = 0; k < n; k++) {
+            for (const c of [0, 1]) {
+                xy[2 * (c * n + k)] = k % side; xy[2 * (c * n + k) + 1] = Math.floor(k / side); codes[c * n + k] = c;
+            }
+        }
+        s.xy = xy; s.codes = codes; s.values = null; s.bounds = [-1, side, -1, side];
+        s.data = { ...s.data, kind: 'categorical', opacity: 1, point_size: 8, colours: ['#ff0000', '#0000ff'],
+                   names: ['first', 'second'], text_labels: null };
+        s.overlay.dispatchEvent(new MouseEvent('dblclick'));  // resets the view and draws
+        const px = s.points.getContext('2d').getImageData(0, 0, s.points.width, s.points.height).data;
+        let first = 0, second = 0;
+        for (let i = 0; i < px.length; i += 4) {
+            if (px[i] === 255 && px[i + 1] === 0 && px[i + 2] === 0) first++;
+            if (px[i] === 0 && px[i + 1] === 0 && px[i + 2] === 255) second++;
+        }
+        return [first, second];
+    }""")
+    first, second = shares
+    assert second > 1000 and 0.3 < first / (first + second) < 0.6, shares
