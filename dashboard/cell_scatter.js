@@ -163,7 +163,6 @@ function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-// Data -> canvas pixels (CSS pixels), keeping x and y on one scale like Plotly's scaleanchor.
 // The drawing round of point i: the top bits of a mixing hash of i (murmur3's finaliser; a plain
 // multiplicative hash gives points a fixed distance apart rounds a fixed distance apart).
 function layer(i) {
@@ -173,6 +172,7 @@ function layer(i) {
   return h >>> (32 - LAYER_BITS);
 }
 
+// Data -> canvas pixels (CSS pixels), keeping x and y on one scale like Plotly's scaleanchor.
 function transform(s) {
   const w = s.plot.clientWidth, h = s.data.height;
   const [x0, x1, y0, y1] = s.view || s.bounds;

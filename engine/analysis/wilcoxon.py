@@ -146,7 +146,7 @@ def _ranks_by_gene(counts: sp.spmatrix | np.ndarray, cells: np.ndarray, in1: np.
     The rows, then the genes, are split over the cores; each thread writes after the rows of the
     threads before it, so the result does not depend on the number of threads. Zeros (explicit
     ones, or cells without counts) are not stored. (At 1M cells the single-threaded gene-major copy,
-    a separate log1p and a padded sort took 20-31 s; this takes ~7-9 s, benchmarks/de_scale.py.)
+    a separate log1p and a padded sort took 20-31 s; this takes 5-9 s, benchmarks/de_scale.py.)
 
     A run of t equal values starting at position p (0-based) among a gene's non-zeros holds ranks
     n_zero + p + 1 ... n_zero + p + t, average n_zero + p + (t + 1) / 2. Sums of half-integers
@@ -221,9 +221,7 @@ def _sort_and_sum(keys: np.ndarray, indptr: np.ndarray, n_zero: np.ndarray, rank
 # Genes whose values are written and sorted per pass (measured at 1M cells x 1,287 genes: 512 beat
 # 128 and 2,048 for the writes).
 _GENE_BLOCK = 512
-# Fewest rows worth a thread of their own (a thread costs ~0.1 ms to hand work to).
+# Fewest rows given a thread of their own (small comparisons run on the calling thread).
 _ROWS_PER_THREAD = 2_000
-
-
 # Fewest sort keys worth a thread of their own.
 _KEYS_PER_THREAD = 100_000
